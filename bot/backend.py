@@ -1,0 +1,258 @@
+"""Where models run: the in-process backend that loads checkpoints and runs batches on one device.
+
+The executor only calls `prepare`, `run` and `describe`; a backend for several GPUs or a remote
+serving engine can replace this class without touching the executor or the cogs. Methods here are
+blocking and are called from worker threads, never from the event loop.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bot.device import device_memory, resolve_device, resolve_dtype
+from bot.errors import ModelUnavailable
+from bot.settings import Settings
+from bot.tasks import TASKS, BatchContext, ModelInfo, Prepared
+
+log = logging.getLogger(__name__)
+
+BASE_CLASS = "AutoModel"  # the headless view; shares weights with a head model of the same checkpoint
+
+
+@dataclass
+class LoadedModel:
+    checkpoint: str
+    class_name: str
+    model: Any
+    nbytes: int
+    load_seconds: float
+    last_used: float = field(default_factory=time.monotonic)
+    in_use: int = 0
+
+
+class LocalBackend:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.checkpoints = dict(settings.checkpoints)  # task → checkpoint; /admin reload changes it
+        self._tokenizers: dict[str, Any] = {}
+        self._infos: dict[str, ModelInfo] = {}
+        self._models: dict[tuple[str, str], LoadedModel] = {}
+        self._lock = threading.RLock()
+        self._load_locks: dict[tuple[str, str], threading.Lock] = {}
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type != "cpu"
+
+    # -- per request ---------------------------------------------------------------------------
+
+    def prepare(self, task: str, request: Any) -> Prepared:
+        """Validate and tokenize one request (raises InputError, InputTooLong, ModelUnavailable)."""
+        tokenizer, info = self.tokenizer(task)
+        return TASKS[task].prepare(request, tokenizer, info, self.settings)
+
+    def run(self, task: str, batch: list[Prepared], ctx: BatchContext) -> list[Any]:
+        """One forward (or generate) over a batch; one result per request, in order."""
+        tokenizer, _ = self.tokenizer(task)
+        loaded = self.acquire(task)
+        try:
+            with torch.inference_mode():
+                return TASKS[task].predict(self._view(task, loaded), tokenizer, batch, ctx)
+        finally:
+            self.release(loaded)
+
+    def warm_up(self, task: str) -> None:
+        """Load a task's model and run its sample request once, so the first user doesn't pay for
+        lazy initialisation (kernels, allocator, caches)."""
+        prepared = self.prepare(task, TASKS[task].sample)
+        self.run(task, [prepared], BatchContext(1))
+
+    # -- tokenizers and models ----------------------------------------------------------------
+
+    def tokenizer(self, task: str) -> tuple[Any, ModelInfo]:
+        checkpoint = self.checkpoints[task]
+        with self._lock:
+            if checkpoint in self._tokenizers:
+                return self._tokenizers[checkpoint], self._infos[checkpoint]
+        from transformers import AutoConfig, AutoTokenizer
+
+        tokenizer = _load(task, checkpoint, AutoTokenizer.from_pretrained, checkpoint)
+        config = _load(task, checkpoint, AutoConfig.from_pretrained, checkpoint)
+        info = ModelInfo(max_length=_max_length(tokenizer, config))
+        with self._lock:
+            self._tokenizers[checkpoint], self._infos[checkpoint] = tokenizer, info
+        return tokenizer, info
+
+    def acquire(self, task: str) -> LoadedModel:
+        """The loaded model for a task (loading it on first use); pair with release()."""
+        key = self._key(task)
+        with self._lock:
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
+        with load_lock:  # two tasks sharing a checkpoint must not load it twice
+            with self._lock:
+                loaded = self._models.get(key)
+            if loaded is None:
+                loaded = self._load_model(task, key)
+                with self._lock:
+                    self._models[key] = loaded
+                self._enforce_budget(keep=key)
+        with self._lock:
+            loaded.in_use += 1
+            loaded.last_used = time.monotonic()
+        return loaded
+
+    def release(self, loaded: LoadedModel) -> None:
+        with self._lock:
+            loaded.in_use -= 1
+
+    def is_loaded(self, task: str) -> bool:
+        with self._lock:
+            return self._key(task) in self._models
+
+    def set_checkpoint(self, task: str, checkpoint: str) -> None:
+        """Point a task at another checkpoint, loading it first; the old one serves until then."""
+        previous = self.checkpoints[task]
+        self.checkpoints[task] = checkpoint
+        try:
+            self.tokenizer(task)
+            self.release(self.acquire(task))
+        except Exception:
+            self.checkpoints[task] = previous
+            raise
+        self._enforce_budget(keep=self._key(task))
+
+    def unload(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            loaded = self._models.pop(key, None)
+        if loaded is not None:
+            log.info("Unloaded %s (%s)", loaded.checkpoint, loaded.class_name)
+            del loaded
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def free_cache(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per task: Auto class, checkpoint, device, dtype, parameters, loaded (for /models, metrics)."""
+        rows = []
+        for name, task in TASKS.items():
+            key = self._key(name)
+            with self._lock:
+                loaded = self._models.get(key)
+            rows.append(
+                {
+                    "task": name,
+                    "auto_class": task.auto_class_name,
+                    "checkpoint": self.checkpoints[name],
+                    "device": str(self.device),
+                    "dtype": str(self.dtype).removeprefix("torch."),
+                    "quantize": self.settings.quantize if self._quantized() else "none",
+                    "parameters": _count_parameters(self._view(name, loaded)) if loaded else None,
+                    "memory_bytes": loaded.nbytes if loaded else None,
+                    "loaded": loaded is not None,
+                    "shared_with": [t for t in TASKS if t != name and self._key(t) == key],
+                }
+            )
+        return rows
+
+    def memory(self) -> dict[str, int] | None:
+        return device_memory(self.device)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _key(self, task: str) -> tuple[str, str]:
+        """Load key (checkpoint, class). The AutoModel task rides on a head model of the same
+        checkpoint when one is configured (bert-base-uncased serves /mask and /embed once)."""
+        checkpoint = self.checkpoints[task]
+        class_name = TASKS[task].auto_class_name
+        if class_name == BASE_CLASS:
+            for other, ckpt in self.checkpoints.items():
+                if ckpt == checkpoint and TASKS[other].auto_class_name != BASE_CLASS:
+                    return checkpoint, TASKS[other].auto_class_name
+        return checkpoint, class_name
+
+    def _view(self, task: str, loaded: LoadedModel) -> Any:
+        if TASKS[task].auto_class_name == BASE_CLASS and loaded.class_name != BASE_CLASS:
+            return loaded.model.base_model
+        return loaded.model
+
+    def _quantized(self) -> bool:
+        return self.settings.quantize == "int8" and self.device.type == "cpu"
+
+    def _load_model(self, task: str, key: tuple[str, str]) -> LoadedModel:
+        import transformers
+
+        checkpoint, class_name = key
+        auto_class = getattr(transformers, class_name)
+        started = time.perf_counter()
+        log.info("Loading %s with %s on %s (%s)", checkpoint, class_name, self.device, self.dtype)
+        # trust_remote_code stays False: a checkpoint id must never run code it ships.
+        options = {"dtype": self.dtype, "trust_remote_code": False}
+        try:
+            model = _load(task, checkpoint, auto_class.from_pretrained, checkpoint, attn_implementation="sdpa", **options)
+        except ModelUnavailable as err:
+            if "sdpa" not in str(err.detail).lower():
+                raise
+            model = _load(task, checkpoint, auto_class.from_pretrained, checkpoint, **options)
+        model = model.to(self.device).eval()
+        if self._quantized():
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+        seconds = time.perf_counter() - started
+        log.info("Loaded %s in %.1fs (%.0f MB)", checkpoint, seconds, nbytes / 2**20)
+        return LoadedModel(checkpoint, class_name, model, nbytes, seconds)
+
+    def _enforce_budget(self, keep: tuple[str, str]) -> None:
+        """Unload least recently used idle models while over MEMORY_BUDGET_MB."""
+        budget = self.settings.memory_budget_mb
+        if not budget:
+            return
+        while True:
+            with self._lock:
+                total = sum(m.nbytes for m in self._models.values())
+                idle = [(m.last_used, k) for k, m in self._models.items() if k != keep and m.in_use == 0]
+            if total <= budget * 2**20 or not idle:
+                return
+            self.unload(min(idle)[1])
+
+
+def _load(task: str, checkpoint: str, loader, *args, **kwargs):
+    """Call a from_pretrained; any failure becomes ModelUnavailable with a one-line remedy."""
+    try:
+        return loader(*args, **kwargs)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelUnavailable(
+            f"The /{task} model is unavailable right now.",
+            detail=(
+                f"Could not load checkpoint {checkpoint!r} for {task}: {reason[:300]}. "
+                f"Without internet access, set MODEL_{task.upper()} to a local directory "
+                "(or run `automodel-bot download` where the Hugging Face hub is reachable)."
+            ),
+        ) from err
+
+
+def _max_length(tokenizer, config) -> int:
+    limits = [
+        getattr(config, name, None) for name in ("max_position_embeddings", "n_positions", "max_sequence_length")
+    ]
+    limits.append(tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None)
+    known = [int(v) for v in limits if isinstance(v, int) and v > 0]
+    return min(known) if known else 512
+
+
+def _count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,197 @@
+"""`automodel-bot`: run the bot, try one request, list models, download checkpoints, benchmark.
+
+Every expected failure ends in one clear line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from bot.errors import BotError, ModelUnavailable
+from bot.settings import DEFAULT_CHECKPOINTS, Settings, SettingsError, load_settings
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2  # bad configuration or input
+EXIT_UNAVAILABLE = 3  # a model could not be loaded
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="automodel-bot", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="start the Discord bot (same as `python -m bot`)")
+
+    models = sub.add_parser("models", help="task → Auto class → checkpoint → device → dtype → parameters → loaded")
+    models.add_argument("--load", action="store_true", help="load every model first (shows parameters)")
+    models.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sub.add_parser("download", help="fetch every configured checkpoint into the Hugging Face cache")
+
+    attempt = sub.add_parser("try", help="run one request and print the result")
+    attempt.add_argument("task", choices=list(DEFAULT_CHECKPOINTS))
+    attempt.add_argument("text", help="the text (for ask: the question)")
+    attempt.add_argument("second", nargs="?", help="ask: the context; embed: a second text to compare")
+    attempt.add_argument("--max-new-tokens", type=int, default=50)
+    attempt.add_argument("--temperature", type=float, default=0.8)
+    attempt.add_argument("--top-p", type=float, default=0.95)
+    attempt.add_argument("--seed", type=int)
+    attempt.add_argument("--greedy", action="store_true", help="generate: no sampling")
+    attempt.add_argument("--top-k", type=int, default=5)
+    attempt.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    bench = sub.add_parser("bench", help="benchmark the executor against naive one-at-a-time inference")
+    from bot.bench import add_arguments
+
+    add_arguments(bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from dotenv import load_dotenv
+
+        load_dotenv(override=False)  # variables already in the environment win
+        settings = load_settings()
+    except SettingsError as err:
+        return _fail(str(err), EXIT_USAGE)
+    from bot.logs import configure_logging
+
+    configure_logging(settings)
+    try:
+        return COMMANDS[args.command](args, settings)
+    except ModelUnavailable as err:
+        return _fail(err.detail, EXIT_UNAVAILABLE)
+    except BotError as err:
+        return _fail(str(err), EXIT_USAGE)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"automodel-bot: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.discord_token:
+        return _fail(
+            "DISCORD_TOKEN is not set. Copy .env.example to .env and set DISCORD_TOKEN=<your bot token> "
+            "(Discord Developer Portal → your application → Bot → Reset Token).",
+            EXIT_USAGE,
+        )
+    import discord
+
+    from bot.client import AutoModelBot
+
+    bot = AutoModelBot(settings)
+    try:
+        bot.run(settings.discord_token, log_handler=None)
+    except discord.LoginFailure:
+        return _fail("Discord rejected DISCORD_TOKEN. Copy the token again from the Developer Portal.", EXIT_USAGE)
+    except discord.PrivilegedIntentsRequired:
+        return _fail("Discord refused a privileged intent; enable it in the Developer Portal.", EXIT_USAGE)
+    return 0
+
+
+def build_request(args: argparse.Namespace) -> Any:
+    from bot.tasks import ask, embed, generate, mask, ner, sentiment, translate
+
+    needs_second = {"ask": "CONTEXT"}
+    if args.task in needs_second and args.second is None:
+        raise BotError(f"`try {args.task}` needs two arguments: QUESTION {needs_second[args.task]}")
+    if args.second is not None and args.task not in ("ask", "embed"):
+        raise BotError(f"`try {args.task}` takes one text argument.")
+    return {
+        "generate": lambda: generate.GenerateRequest(
+            args.text, args.max_new_tokens, args.temperature, args.top_p, args.seed, not args.greedy
+        ),
+        "mask": lambda: mask.MaskRequest(args.text, args.top_k),
+        "translate": lambda: translate.TranslateRequest(args.text),
+        "ask": lambda: ask.AskRequest(args.text, args.second),
+        "ner": lambda: ner.NerRequest(args.text),
+        "sentiment": lambda: sentiment.SentimentRequest(args.text),
+        "embed": lambda: embed.EmbedRequest(args.text, args.second),
+    }[args.task]()
+
+
+def cmd_try(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.executor import Executor
+    from bot.render import as_text
+
+    request = build_request(args)
+
+    async def once() -> Any:
+        executor = Executor.from_settings(settings)
+        await executor.start()
+        try:
+            return await executor.submit(args.task, request)
+        finally:
+            await executor.shutdown()
+
+    result = asyncio.run(once())
+    print(json.dumps(dataclasses.asdict(result), ensure_ascii=False, indent=2) if args.json else as_text(result))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.backend import LocalBackend
+    from bot.tasks import TASKS
+
+    backend = LocalBackend(settings)
+    if args.load:
+        for task in TASKS:
+            backend.release(backend.acquire(task))
+    rows = backend.describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("task", "auto_class", "checkpoint", "device", "dtype", "parameters", "loaded")
+    table = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value / 1e6:.1f}M"
+    return str(value)
+
+
+def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.download import download_all
+
+    return download_all(settings)
+
+
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.bench import run_bench
+
+    return run_bench(args, settings)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "try": cmd_try,
+    "models": cmd_models,
+    "download": cmd_download,
+    "bench": cmd_bench,
+}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,520 @@
+"""The shared inference executor: one bounded queue and one worker thread per task, dynamic batching.
+
+    job = await executor.enqueue("sentiment", request, user_id=...)   # fails fast: QueueFull, InputError
+    result = await executor.wait(job)                                   # or: await executor.submit(...)
+
+Every accepted job ends exactly once: a result, or one of the errors in bot.errors. Batches are
+formed as soon as a worker is free (no waiting window), from a window of queued jobs taken
+round-robin across users, sorted by length, and cut under a padded-token budget; the job of the
+user served least recently is always in the next batch, so nobody waits indefinitely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.errors import (
+    BotError,
+    Cancelled,
+    DeadlineExceeded,
+    InferenceFailed,
+    InputError,
+    ModelUnavailable,
+    QueueFull,
+    ShuttingDown,
+    UserBusy,
+)
+from bot.settings import Settings
+from bot.tasks import TASKS, BatchContext, Prepared
+
+log = logging.getLogger(__name__)
+
+WINDOW_FACTOR = 4  # a batch is cut from up to this many times max_batch_size queued jobs
+EWMA = 0.2  # weight of the newest batch in the service-time estimate
+
+
+@dataclass(eq=False)
+class Job:
+    id: int
+    task: str
+    user_id: int
+    prepared: Prepared
+    future: asyncio.Future
+    enqueued_at: float
+    deadline: float
+    on_progress: Callable[[Any], None] | None = None
+    started_at: float | None = None
+    cancelled: bool = False
+    partial: Any = None  # latest partial output (streamed generation text)
+
+    @property
+    def state(self) -> str:
+        if self.future.done():
+            return "done"
+        return "running" if self.started_at is not None else "queued"
+
+
+@dataclass
+class LaneStats:
+    batches: int = 0
+    requests: int = 0
+    tokens: int = 0
+    batch_seconds: float = 0.0  # EWMA of one batch's compute time
+    batch_size: float = 1.0  # EWMA of requests per batch
+    recent_batch_sizes: deque = field(default_factory=lambda: deque(maxlen=512))
+    recent_latency: deque = field(default_factory=lambda: deque(maxlen=512))  # seconds, enqueue → end
+
+
+class Lane:
+    """The queue of one task and the state of its worker; guarded by `cond`."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self.cond = threading.Condition()
+        self.by_user: dict[int, deque[Job]] = {}
+        self.last_served: dict[int, float] = {}
+        self.depth = 0
+        self.running: list[Job] = []
+        self.stats = LaneStats()
+
+    def push(self, job: Job) -> None:
+        self.by_user.setdefault(job.user_id, deque()).append(job)
+        self.depth += 1
+
+    def remove(self, job: Job) -> bool:
+        queue = self.by_user.get(job.user_id)
+        if queue is None or job not in queue:
+            return False
+        queue.remove(job)
+        self.depth -= 1
+        if not queue:
+            del self.by_user[job.user_id]
+        return True
+
+    def service_order(self) -> list[int]:
+        """Users least recently served first; ties go to the oldest waiting job."""
+        return sorted(self.by_user, key=lambda u: (self.last_served.get(u, 0.0), self.by_user[u][0].enqueued_at))
+
+    def window(self, size: int) -> list[Job]:
+        """Up to `size` queued jobs, round-robin across users in service order."""
+        queues = [iter(self.by_user[u]) for u in self.service_order()]
+        picked: list[Job] = []
+        while queues and len(picked) < size:
+            alive = []
+            for queue in queues:
+                job = next(queue, None)
+                if job is not None:
+                    picked.append(job)
+                    alive.append(queue)
+            queues = alive
+        return picked[:size]
+
+    def position(self, job: Job) -> int:
+        """1-based place in line (approximate: service order, then age)."""
+        if job.started_at is not None:
+            return 0
+        for index, queued in enumerate(self.window(self.depth)):
+            if queued is job:
+                return index + 1
+        return 0
+
+
+def cut_batch(window: list[Job], max_size: int, budget: int) -> list[Job]:
+    """The batch to run next: the window's first job (the anchor) plus the jobs nearest to it in
+    length, while rows × padded length stays within `budget` tokens."""
+    anchor = window[0]
+    ordered = sorted(window, key=lambda j: j.prepared.sort_key)
+    low = high = ordered.index(anchor)
+    rows, longest = len(anchor.prepared.rows), anchor.prepared.longest
+
+    def fits(job: Job) -> bool:
+        width = -(-max(longest, job.prepared.longest) // 8) * 8
+        return (rows + len(job.prepared.rows)) * width <= budget
+
+    while high - low + 1 < max_size:
+        below = ordered[low - 1] if low > 0 else None
+        above = ordered[high + 1] if high + 1 < len(ordered) else None
+        key = anchor.prepared.sort_key
+        candidates = [j for j in (below, above) if j is not None and fits(j)]
+        if not candidates:
+            break
+        nearest = min(candidates, key=lambda j: abs(j.prepared.sort_key - key))
+        if nearest is below:
+            low -= 1
+        else:
+            high += 1
+        rows += len(nearest.prepared.rows)
+        longest = max(longest, nearest.prepared.longest)
+    return ordered[low : high + 1]
+
+
+class Executor:
+    def __init__(self, settings: Settings, backend: Any) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.max_batch_size, self.batch_token_budget = settings.batch_limits(backend.on_gpu)
+        self.lanes = {task: Lane(task) for task in TASKS}
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+        self.started_at = time.time()
+        self._ids = itertools.count(1)
+        self._jobs: dict[int, Job] = {}
+        self._per_user: Counter[int] = Counter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[threading.Thread] = []
+        self._prep_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._stopping = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, backend: Any = None) -> Executor:
+        if backend is None:
+            from bot.backend import LocalBackend
+
+            backend = LocalBackend(settings)
+        return cls(settings, backend)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._prep_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="prepare")
+        for lane in self.lanes.values():
+            thread = threading.Thread(target=self._work, args=(lane,), name=f"infer-{lane.task}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if self.settings.preload:
+            await self.preload()
+
+    async def preload(self) -> None:
+        """Load (and warm up) every task's model now instead of on first use."""
+        for task in TASKS:
+            try:
+                await asyncio.to_thread(self.backend.warm_up, task)
+            except ModelUnavailable as err:
+                log.error("%s", err.detail)
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Stop taking jobs, tell every queued job it will not run, let running batches finish
+        within `grace` seconds, then end whatever is left."""
+        if self._stopping:
+            return
+        self._stopping = True
+        restarting = "The bot is restarting; your request was not run. Try again shortly."
+        for lane in self.lanes.values():
+            with lane.cond:
+                queued = [job for q in lane.by_user.values() for job in q]
+                lane.by_user.clear()
+                lane.depth = 0
+                lane.cond.notify_all()
+            for job in queued:
+                self._finish(job, error=ShuttingDown(restarting))
+        ends = time.monotonic() + grace
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join, max(0.0, ends - time.monotonic()))
+        for job in list(self._jobs.values()):
+            job.cancelled = True
+            self._finish(job, error=ShuttingDown(restarting))
+        if self._prep_pool is not None:
+            self._prep_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the API the cogs use ------------------------------------------------------------------
+
+    async def submit(self, task: str, request: Any, **options) -> Any:
+        """Enqueue and wait: the request's result, or one BotError."""
+        return await self.wait(await self.enqueue(task, request, **options))
+
+    async def enqueue(
+        self,
+        task: str,
+        request: Any,
+        *,
+        user_id: int = 0,
+        timeout: float | None = None,
+        on_progress: Callable[[Any], None] | None = None,
+    ) -> Job:
+        """Validate, tokenize and queue a request. Fails at once when full or invalid."""
+        if task not in self.lanes:
+            raise InputError(f"Unknown task {task!r}.")
+        self._check_capacity(task, user_id)
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(self._prep_pool, self.backend.prepare, task, request)
+        lane = self.lanes[task]
+        now = time.monotonic()
+        job = Job(
+            id=next(self._ids),
+            task=task,
+            user_id=user_id,
+            prepared=prepared,
+            future=loop.create_future(),
+            enqueued_at=now,
+            deadline=now + (timeout or self.settings.request_timeout),
+            on_progress=on_progress,
+        )
+        self._check_capacity(task, user_id)  # tokenizing took time; others may have filled the queue
+        self._jobs[job.id] = job
+        self._per_user[user_id] += 1
+        with lane.cond:
+            lane.push(job)
+            lane.cond.notify()
+        return job
+
+    async def wait(self, job: Job) -> Any:
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            self.cancel(job.id)  # whoever waited is gone: stop spending compute on it
+            raise
+
+    def cancel(self, job_id: int) -> bool:
+        """Cancel a job: a queued one ends now, a running generation stops at its next step."""
+        job = self._jobs.get(job_id)
+        if job is None or job.future.done():
+            return False
+        job.cancelled = True
+        lane = self.lanes[job.task]
+        with lane.cond:
+            removed = lane.remove(job)
+        if removed:
+            self._finish(job, error=Cancelled())
+        return True
+
+    def get(self, job_id: int) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def position(self, job: Job) -> tuple[int, float]:
+        """(place in line, seconds until it likely starts); (0, 0.0) once running or done."""
+        lane = self.lanes[job.task]
+        with lane.cond:
+            place = lane.position(job)
+            running_since = lane.running[0].started_at if lane.running else None
+        if place == 0:
+            return 0, 0.0
+        per_batch = max(lane.stats.batch_seconds, 0.05)
+        batches_ahead = (place - 1) // max(1, round(lane.stats.batch_size))
+        current = max(0.0, per_batch - (time.monotonic() - running_since)) if running_since else 0.0
+        return place, current + batches_ahead * per_batch
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters for /status and metrics."""
+        lanes = {}
+        for task, lane in self.lanes.items():
+            with lane.cond:
+                stats = lane.stats
+                latencies = sorted(stats.recent_latency)
+                lanes[task] = {
+                    "queued": lane.depth,
+                    "running": len(lane.running),
+                    "batches": stats.batches,
+                    "requests": stats.requests,
+                    "tokens": stats.tokens,
+                    "mean_batch_size": (sum(stats.recent_batch_sizes) / len(stats.recent_batch_sizes))
+                    if stats.recent_batch_sizes
+                    else 0.0,
+                    "latency_p50": _quantile(latencies, 0.5),
+                    "latency_p99": _quantile(latencies, 0.99),
+                }
+        return {
+            "uptime": time.time() - self.started_at,
+            "queued": sum(lane["queued"] for lane in lanes.values()),
+            "lanes": lanes,
+            "outcomes": dict(self.outcomes),
+            "models": self.backend.describe(),
+            "memory": self.backend.memory(),
+        }
+
+    @property
+    def accepting(self) -> bool:
+        return not self._stopping
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _check_capacity(self, task: str, user_id: int) -> None:
+        if self._stopping:
+            raise ShuttingDown("The bot is restarting; try again shortly.")
+        lane = self.lanes[task]
+        total = sum(l.depth for l in self.lanes.values())
+        if lane.depth >= self.settings.queue_size_per_model or total >= self.settings.queue_size_total:
+            wait = self._drain_estimate(lane)
+            raise QueueFull(
+                f"The bot is busy ({lane.depth} /{task} requests waiting, {total} in all). Try again in about {wait:.0f} s.",
+                retry_after=wait,
+            )
+        if self._per_user[user_id] >= self.settings.max_queued_per_user:
+            raise UserBusy(
+                f"You already have {self._per_user[user_id]} requests in progress; wait for one to finish.",
+                retry_after=self._drain_estimate(lane),
+            )
+
+    def _drain_estimate(self, lane: Lane) -> float:
+        per_batch = max(lane.stats.batch_seconds, 0.05)
+        return max(1.0, lane.depth / max(1.0, lane.stats.batch_size) * per_batch)
+
+    def _work(self, lane: Lane) -> None:
+        """Worker thread of one lane: form a batch as soon as there is work, run it, repeat."""
+        while True:
+            with lane.cond:
+                while lane.depth == 0 and not self._stopping:
+                    lane.cond.wait()
+                if self._stopping:
+                    return
+                batch, dropped = self._take_batch(lane)
+                lane.running = batch
+            for job, error in dropped:
+                self._finish(job, error=error)
+            if batch:
+                self._run(lane, batch)
+            with lane.cond:
+                lane.running = []
+
+    def _take_batch(self, lane: Lane) -> tuple[list[Job], list[tuple[Job, BotError]]]:
+        """Drop expired and cancelled jobs, then cut the next batch (called with lane.cond held)."""
+        now = time.monotonic()
+        dropped: list[tuple[Job, BotError]] = []
+        window: list[Job] = []
+        while not window and lane.depth:
+            for job in lane.window(self.max_batch_size * WINDOW_FACTOR):
+                if job.cancelled or job.deadline <= now:
+                    lane.remove(job)
+                    error = Cancelled() if job.cancelled else DeadlineExceeded(
+                        "Your request waited too long in the queue and was dropped. Try again when the bot is less busy."
+                    )
+                    dropped.append((job, error))
+                else:
+                    window.append(job)
+        if not window:
+            return [], dropped
+        batch = cut_batch(window, self.max_batch_size, self.batch_token_budget)
+        for job in batch:
+            lane.remove(job)
+            job.started_at = now
+            lane.last_served[job.user_id] = now
+        return batch, dropped
+
+    def _run(self, lane: Lane, batch: list[Job]) -> None:
+        started = time.perf_counter()
+        outcomes = self._run_split(lane.task, batch)
+        seconds = time.perf_counter() - started
+        with lane.cond:
+            stats = lane.stats
+            stats.batches += 1
+            stats.requests += len(batch)
+            stats.tokens += sum(job.prepared.cost for job in batch)
+            stats.batch_seconds = seconds if stats.batches == 1 else (1 - EWMA) * stats.batch_seconds + EWMA * seconds
+            stats.batch_size = (1 - EWMA) * stats.batch_size + EWMA * len(batch)
+            stats.recent_batch_sizes.append(len(batch))
+        for job, (result, error) in zip(batch, outcomes):
+            self._finish(job, result=result, error=error)
+
+    def _run_split(self, task: str, batch: list[Job]) -> list[tuple[Any, BotError | None]]:
+        """Run a batch; on out-of-memory, free the cache and retry each half. Any other failure of a
+        multi-request batch is retried one request at a time, so one bad request fails alone."""
+        ctx = BatchContext(
+            len(batch),
+            is_cancelled=lambda i: batch[i].cancelled or batch[i].deadline <= time.monotonic(),
+            report=lambda i, partial: self._progress(batch[i], partial),
+        )
+        try:
+            results = self.backend.run(task, [job.prepared for job in batch], ctx)
+            if len(results) != len(batch):
+                raise RuntimeError(f"{task} returned {len(results)} results for {len(batch)} requests")
+            return [(result, None) for result in results]
+        except BotError as err:
+            return [(None, err)] * len(batch)
+        except Exception as err:
+            oom = is_out_of_memory(err)
+            if oom:
+                self.backend.free_cache()
+            if len(batch) > 1:
+                log.warning("%s batch of %d failed (%s); retrying in %s", task, len(batch), type(err).__name__,
+                            "halves" if oom else "single requests")
+                if oom:
+                    half = len(batch) // 2
+                    return self._run_split(task, batch[:half]) + self._run_split(task, batch[half:])
+                return [outcome for job in batch for outcome in self._run_split(task, [job])]
+            if oom:
+                log.error("%s request %d is out of memory even alone", task, batch[0].id)
+                return [(None, InferenceFailed("This request needs more memory than the model has free. Try a shorter input."))]
+            log.exception("%s request %d failed", task, batch[0].id)
+            return [(None, InferenceFailed(f"The model failed on this request (error id {batch[0].id}). Try again or change the input."))]
+
+    def _progress(self, job: Job, partial: Any) -> None:
+        def deliver() -> None:
+            job.partial = partial
+            if job.on_progress is not None and not job.future.done():
+                try:
+                    job.on_progress(partial)
+                except Exception:
+                    log.exception("Progress callback of job %d failed", job.id)
+
+        self._call_soon(deliver)
+
+    def _finish(self, job: Job, result: Any = None, error: BaseException | None = None) -> None:
+        """Resolve a job exactly once, on the event loop (safe to call from any thread)."""
+        if error is None and getattr(result, "finish_reason", None) == "cancelled":
+            error = Cancelled(partial=result) if job.cancelled else DeadlineExceeded(
+                "Your request ran past its time limit and was stopped."
+            )
+
+        def resolve() -> None:
+            if job.future.done():
+                return
+            if self._jobs.pop(job.id, None) is not None:
+                self._per_user[job.user_id] -= 1
+                if self._per_user[job.user_id] <= 0:
+                    del self._per_user[job.user_id]
+            outcome = "ok" if error is None else type(error).__name__
+            self.outcomes[(job.task, outcome)] += 1
+            lane = self.lanes[job.task]
+            with lane.cond:
+                lane.stats.recent_latency.append(time.monotonic() - job.enqueued_at)
+            if error is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(error)
+                job.future.exception()  # mark retrieved: nobody may be waiting (cancelled by its user)
+
+        self._call_soon(resolve)
+
+    def _call_soon(self, callback: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            if _running_loop() is loop:
+                callback()
+            else:
+                loop.call_soon_threadsafe(callback)
+        except RuntimeError:  # the loop closed between the check and the call
+            pass
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(err).lower()
+    return isinstance(err, (RuntimeError, MemoryError)) and (
+        "out of memory" in text or "can't allocate memory" in text or isinstance(err, MemoryError)
+    )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

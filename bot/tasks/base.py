@@ -1,0 +1,164 @@
+"""What every task shares: the Task interface, input cleaning, and batch padding.
+
+A task turns one request into `Prepared` rows of token ids (on a worker thread, once), and a batch
+of Prepared requests into exactly one result per request. It never imports Discord.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from bot.errors import InputError, InputTooLong
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
+
+# Control characters (NUL included) can't be shown and confuse tokenizers; newlines and tabs stay.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass
+class Prepared:
+    """One request, tokenized: `rows` are the sequences the model will see (windows, chunks, pairs)."""
+
+    request: Any
+    rows: list[dict[str, list[int]]]
+    extra: dict[str, Any] = field(default_factory=dict)
+    sort_key: int = 0
+
+    @property
+    def cost(self) -> int:
+        """Tokens this request adds to a batch, used for the padded-token budget."""
+        return sum(len(row["input_ids"]) for row in self.rows)
+
+    @property
+    def longest(self) -> int:
+        return max(len(row["input_ids"]) for row in self.rows)
+
+
+@dataclass
+class ModelInfo:
+    """What a task needs to know about its checkpoint before the weights are loaded."""
+
+    max_length: int  # longest sequence the model accepts, in tokens
+
+
+class BatchContext:
+    """Lets a long-running batch (generation) report progress and notice cancellation per request."""
+
+    def __init__(
+        self,
+        size: int,
+        is_cancelled: Callable[[int], bool] | None = None,
+        report: Callable[[int, Any], None] | None = None,
+    ) -> None:
+        self.size = size
+        self._is_cancelled = is_cancelled or (lambda i: False)
+        self._report = report or (lambda i, partial: None)
+
+    def cancelled(self, index: int) -> bool:
+        return self._is_cancelled(index)
+
+    def report(self, index: int, partial: Any) -> None:
+        self._report(index, partial)
+
+
+class Task:
+    """Base of the seven tasks. Subclasses set the class attributes and implement prepare/predict."""
+
+    name: ClassVar[str]
+    auto_class_name: ClassVar[str]  # e.g. "AutoModelForSequenceClassification"
+    summary: ClassVar[str]  # one line for /help and `automodel-bot models`
+    sample: ClassVar[Any]  # a request used for warm-up and examples
+
+    @property
+    def auto_class(self) -> type:
+        import transformers
+
+        return getattr(transformers, self.auto_class_name)
+
+    def prepare(self, request: Any, tokenizer: Any, info: ModelInfo, settings: Settings) -> Prepared:
+        raise NotImplementedError
+
+    def predict(self, model: Any, tokenizer: Any, batch: Sequence[Prepared], ctx: BatchContext) -> list[Any]:
+        raise NotImplementedError
+
+
+def clean_text(text: Any, settings: Settings, what: str = "text") -> str:
+    """Normalize user text; empty or over-long input is an InputError with what to change."""
+    if not isinstance(text, str):
+        raise InputError(f"The {what} must be text.")
+    text = _CONTROL.sub("", unicodedata.normalize("NFC", text)).strip()
+    if not text or not any(ch.isprintable() and not ch.isspace() for ch in text):
+        raise InputError(f"The {what} is empty: type something for the model to read.")
+    if len(text) > settings.max_input_chars:
+        raise InputTooLong(
+            f"The {what} is {len(text):,} characters; the limit is {settings.max_input_chars:,}. Shorten it."
+        )
+    return text
+
+
+def check_fits(length: int, info: ModelInfo, what: str = "text") -> None:
+    if length > info.max_length:
+        raise InputTooLong(
+            f"The {what} is {length:,} tokens; this model reads at most {info.max_length:,}. Shorten it."
+        )
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    if not (low <= value <= high):  # also rejects NaN
+        raise InputError(f"`{name}` must be between {low:g} and {high:g} (got {value!r}).")
+
+
+def encoding_row(encoding: Any, index: int | None = None) -> dict[str, list[int]]:
+    """The model inputs of one encoded sequence (fast tokenizers' BatchEncoding)."""
+    keys = ("input_ids", "token_type_ids")
+    if index is None:
+        return {k: list(encoding[k]) for k in keys if k in encoding}
+    return {k: list(encoding[k][index]) for k in keys if k in encoding}
+
+
+def pad_rows(
+    rows: Sequence[dict[str, list[int]]], pad_id: int, device: torch.device | str, side: str = "right"
+) -> dict[str, torch.Tensor]:
+    """Pad rows to a common length (a multiple of 8, which tensor cores and CPU kernels prefer)."""
+    longest = max(len(r["input_ids"]) for r in rows)
+    width = -(-longest // 8) * 8
+    out: dict[str, torch.Tensor] = {}
+    for key in rows[0]:
+        fill = pad_id if key == "input_ids" else 0
+        out[key] = torch.tensor([_pad(r[key], width, fill, side) for r in rows], dtype=torch.long)
+    out["attention_mask"] = torch.tensor(
+        [_pad([1] * len(r["input_ids"]), width, 0, side) for r in rows], dtype=torch.long
+    )
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _pad(values: list[int], width: int, fill: int, side: str) -> list[int]:
+    padding = [fill] * (width - len(values))
+    return padding + values if side == "left" else values + padding
+
+
+def flatten_rows(batch: Sequence[Prepared]) -> tuple[list[dict[str, list[int]]], list[int]]:
+    """All rows of a batch in one list, and for each request how many rows it owns."""
+    rows = [row for prepared in batch for row in prepared.rows]
+    return rows, [len(prepared.rows) for prepared in batch]
+
+
+def split_counts(items: Sequence[Any], counts: Sequence[int]) -> list[list[Any]]:
+    """Undo flatten_rows: give each request back its own slice of per-row outputs."""
+    out, start = [], 0
+    for count in counts:
+        out.append(list(items[start : start + count]))
+        start += count
+    return out
+
+
+def model_device(model: Any) -> torch.device:
+    return next(model.parameters()).device

@@ -1,0 +1,102 @@
+"""/translate: AutoModelForSeq2SeqLM → a translation by beam search (num_beams=4, as in the tutorial).
+
+Text longer than the model's window is split at sentence ends (words, for one over-long sentence)
+into chunks that each fit; the chunk translations are joined. Nothing is silently cut.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bot.errors import InputTooLong
+from bot.tasks.base import (
+    BatchContext,
+    ModelInfo,
+    Prepared,
+    Task,
+    clean_text,
+    encoding_row,
+    flatten_rows,
+    model_device,
+    pad_rows,
+    split_counts,
+)
+
+NUM_BEAMS = 4
+MAX_CHUNKS = 16  # bounds the work one request can cause
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+
+
+@dataclass
+class TranslateRequest:
+    text: str
+
+
+@dataclass
+class TranslateResult:
+    source: str
+    translation: str
+    chunks: int  # how many pieces the source was translated in
+
+
+class TranslateTask(Task):
+    name = "translate"
+    auto_class_name = "AutoModelForSeq2SeqLM"
+    summary = "Translates text (English → German with the default checkpoint)."
+    sample = TranslateRequest("Hello, my dog is cute.")
+
+    def prepare(self, request, tokenizer, info: ModelInfo, settings) -> Prepared:
+        text = clean_text(request.text, settings)
+        limit = info.max_length - 2  # room for the end-of-sequence token
+        chunks = pack_chunks(text, lambda piece: len(tokenizer(piece, add_special_tokens=False)["input_ids"]), limit)
+        if len(chunks) > MAX_CHUNKS:
+            raise InputTooLong(f"The text needs {len(chunks)} pieces to translate; the limit is {MAX_CHUNKS}. Shorten it.")
+        rows = [encoding_row(tokenizer(chunk)) for chunk in chunks]
+        return Prepared(TranslateRequest(text), rows, sort_key=max(len(r["input_ids"]) for r in rows))
+
+    def predict(self, model, tokenizer, batch, ctx: BatchContext) -> list[TranslateResult]:
+        rows, counts = flatten_rows(batch)
+        inputs = pad_rows(rows, tokenizer.pad_token_id, model_device(model))
+        longest = inputs["input_ids"].shape[1]
+        limit = getattr(model.config, "max_position_embeddings", 512)
+        output = model.generate(**inputs, num_beams=NUM_BEAMS, max_new_tokens=min(limit, 2 * longest + 16))
+        texts = tokenizer.batch_decode(output, skip_special_tokens=True)
+        return [
+            TranslateResult(prepared.request.text, " ".join(t.strip() for t in pieces), len(pieces))
+            for prepared, pieces in zip(batch, split_counts(texts, counts))
+        ]
+
+
+def pack_chunks(text: str, count_tokens, limit: int) -> list[str]:
+    """Greedily pack sentences into chunks of at most `limit` tokens; split long sentences by words."""
+    pieces: list[str] = []
+    for sentence in filter(None, (s.strip() for s in _SENTENCE_END.split(text))):
+        if count_tokens(sentence) <= limit:
+            pieces.append(sentence)
+        else:
+            pieces.extend(_split_words(sentence, count_tokens, limit))
+    chunks: list[str] = []
+    for piece in pieces:
+        joined = f"{chunks[-1]} {piece}" if chunks else piece
+        if chunks and count_tokens(joined) <= limit:
+            chunks[-1] = joined
+        else:
+            chunks.append(piece)
+    return chunks
+
+
+def _split_words(sentence: str, count_tokens, limit: int) -> list[str]:
+    parts: list[str] = []
+    for word in sentence.split():
+        if count_tokens(word) > limit:
+            raise InputTooLong("One word of the text is too long to translate. Add spaces or shorten it.")
+        joined = f"{parts[-1]} {word}" if parts else word
+        if parts and count_tokens(joined) <= limit:
+            parts[-1] = joined
+        else:
+            parts.append(word)
+    return parts
+
+
+TASK = TranslateTask()

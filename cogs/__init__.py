@@ -1,0 +1,1 @@
+"""Discord cogs: one file per command (see bot/client.py EXTENSIONS)."""

@@ -56,7 +56,7 @@ class Settings:
     max_queued_per_user: int = 4
     request_timeout: float = 120.0
     preload: bool = False
-    memory_budget_mb: int | None = None
+    memory_budget_mb: float | None = None
     # Discord side (#5) and operations (#6).
     user_cooldown: float = 2.0
     owner_ids: tuple[int, ...] = ()
@@ -169,7 +169,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_queued_per_user=_int(env, "MAX_QUEUED_PER_USER", 4, low=1),
         request_timeout=_float(env, "REQUEST_TIMEOUT", 120.0, low=1.0),
         preload=_bool(env, "PRELOAD", False),
-        memory_budget_mb=_int(env, "MEMORY_BUDGET_MB", None, low=1),
+        memory_budget_mb=_float(env, "MEMORY_BUDGET_MB", 0.0) or None,
         user_cooldown=_float(env, "USER_COOLDOWN", 2.0),
         owner_ids=_id_list(env, "OWNER_IDS"),
         admin_checkpoints=tuple(p.strip() for p in env.get("ADMIN_CHECKPOINTS", "").split(",") if p.strip()),

@@ -7,7 +7,7 @@ random weights, and saves both with `save_pretrained`.
 
 Two sizes:
 
-- "tiny": a few-second build with minute models (hidden 64, 2 layers); BERT-likes and Marian keep
+- "tiny": a few-second build of very small models (hidden 64, 2 layers); BERT-likes and Marian keep
   only 128 positions so tests can reach the long-context windowing with short inputs.
 - "real": the architectures of the default checkpoints (bert-base, distilbert, bert-large, gpt2,
   opus-mt-en-de) with their vocabulary and position limits, so benchmarks measure realistic
@@ -297,7 +297,9 @@ def _marian_tokenizer(out: Path, *, size: int | None, max_length: int) -> Marian
     tokens = list(dict.fromkeys(["</s>", "<unk>", *pieces]))
     tokens = _pad_vocab(tokens, None if size is None else size - 1, "<unused{}>") + ["<pad>"]
     vocab_file = out / "vocab.json"
-    vocab_file.write_text(json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False, indent=0))
+    vocab_file.write_text(
+        json.dumps({t: i for i, t in enumerate(tokens)}, ensure_ascii=False), encoding="utf-8"
+    )
     return MarianTokenizer(
         source_spm=str(out / "source.spm"),
         target_spm=str(out / "target.spm"),
@@ -370,7 +372,6 @@ def _no_progress_bars() -> Iterator[None]:
 
 
 def _save(out: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
-    model.eval()
     with _no_progress_bars():
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)

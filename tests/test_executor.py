@@ -1,0 +1,328 @@
+"""The shared executor on real tiny models: batching, fairness, backpressure, deadlines,
+cancellation, OOM splitting and exactly-once completion."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections import Counter
+
+import pytest
+
+from bot import executor as executor_module
+from bot.backend import LocalBackend
+from bot.errors import (
+    BotError,
+    Cancelled,
+    DeadlineExceeded,
+    InferenceFailed,
+    InputError,
+    ModelUnavailable,
+    QueueFull,
+    ShuttingDown,
+    UserBusy,
+)
+from bot.executor import Executor, cut_batch
+from bot.tasks import generate as generate_task
+from bot.tasks.generate import GenerateRequest
+from bot.tasks.sentiment import SentimentRequest
+from tests.faults import InjectingBackend
+
+TEXTS = ["short", "a rather longer text about the weather in Berlin today", "mid sized text", "x " * 60]
+
+
+@pytest.fixture(scope="module")
+def real_backend(tiny_settings) -> LocalBackend:
+    backend = LocalBackend(tiny_settings)
+    for task in ("sentiment", "generate"):
+        backend.warm_up(task)
+    return backend
+
+
+def make_settings(tiny_settings, **changes):
+    return dataclasses.replace(tiny_settings, **changes)
+
+
+async def started(settings, backend) -> Executor:
+    executor = Executor(settings, backend)
+    await executor.start()
+    return executor
+
+
+async def test_concurrent_requests_are_batched_and_match_single_results(tiny_settings, real_backend):
+    backend = InjectingBackend(real_backend)
+    executor = await started(make_settings(tiny_settings, max_queued_per_user=100), backend)
+    try:
+        backend.gate.clear()  # let the queue fill so one batch can take many
+        texts = [TEXTS[i % len(TEXTS)] for i in range(24)]
+        jobs = [await executor.enqueue("sentiment", SentimentRequest(t), user_id=i % 5) for i, t in enumerate(texts)]
+        backend.gate.set()
+        results = await asyncio.gather(*(executor.wait(job) for job in jobs))
+        assert len(results) == len(texts)
+        assert max(size for _, size in backend.batches) > 1
+        single = await executor.submit("sentiment", SentimentRequest(texts[3]))
+        assert single.scores == pytest.approx(results[3].scores, abs=1e-5)
+        snapshot = executor.snapshot()
+        assert snapshot["lanes"]["sentiment"]["requests"] == len(texts) + 1
+        assert snapshot["outcomes"][("sentiment", "ok")] == len(texts) + 1
+    finally:
+        await executor.shutdown()
+
+
+async def test_max_batch_size_one_turns_batching_off(tiny_settings, real_backend):
+    backend = InjectingBackend(real_backend)
+    executor = await started(make_settings(tiny_settings, max_batch_size=1, max_queued_per_user=100), backend)
+    try:
+        backend.gate.clear()
+        jobs = [await executor.enqueue("sentiment", SentimentRequest(t)) for t in TEXTS * 2]
+        backend.gate.set()
+        await asyncio.gather(*(executor.wait(j) for j in jobs))
+        assert {size for _, size in backend.batches} == {1}
+    finally:
+        await executor.shutdown()
+
+
+@dataclasses.dataclass
+class FakePrepared:
+    sort_key: int
+    rows: list
+
+    @property
+    def longest(self) -> int:
+        return max(len(r["input_ids"]) for r in self.rows)
+
+
+def job_of_length(n: int) -> executor_module.Job:
+    prepared = FakePrepared(n, [{"input_ids": [0] * n}])
+    return executor_module.Job(0, "t", 0, prepared, None, 0.0, 0.0)
+
+
+def test_cut_batch_keeps_the_anchor_and_the_token_budget():
+    window = [job_of_length(n) for n in (100, 5, 7, 6, 90, 8, 95, 4)]
+    batch = cut_batch(window, max_size=32, budget=64)
+    assert window[0] in batch  # the anchor (served least recently) always runs
+    assert len(batch) * -(-max(j.prepared.longest for j in batch) // 8) * 8 <= 64 or len(batch) == 1
+    short = cut_batch(window[1:], max_size=32, budget=64)
+    assert sorted(j.prepared.sort_key for j in short) == [4, 5, 6, 7, 8]  # similar lengths together
+    assert len(cut_batch(window[1:], max_size=2, budget=10_000)) == 2
+
+
+async def test_a_flooding_user_does_not_push_others_back(tiny_settings, real_backend):
+    backend = InjectingBackend(real_backend)
+    settings = make_settings(tiny_settings, max_batch_size=1, max_queued_per_user=20)
+    executor = await started(settings, backend)
+    try:
+        backend.gate.clear()
+        order: list[int] = []
+        flood = [await executor.enqueue("sentiment", SentimentRequest(f"flood {i}"), user_id=1) for i in range(10)]
+        other = await executor.enqueue("sentiment", SentimentRequest("my turn"), user_id=2)
+        for job in [*flood, other]:
+            job.future.add_done_callback(lambda _, uid=job.user_id, jid=job.id: order.append(jid))
+        assert executor.position(other)[0] <= 2
+        backend.gate.set()
+        await asyncio.gather(*(executor.wait(j) for j in [*flood, other]))
+        assert order.index(other.id) <= 2  # served within the first round-robin turns, not 11th
+    finally:
+        await executor.shutdown()
+
+
+async def test_queue_full_and_user_cap_fail_at_once(tiny_settings, real_backend):
+    backend = InjectingBackend(real_backend)
+    settings = make_settings(tiny_settings, queue_size_per_model=3, max_queued_per_user=2, max_batch_size=1)
+    executor = await started(settings, backend)
+    try:
+        backend.gate.clear()
+        first = await executor.enqueue("sentiment", SentimentRequest("one"), user_id=1)
+        await asyncio.sleep(0.05)  # the worker takes `first` and blocks on the gate
+        jobs = [await executor.enqueue("sentiment", SentimentRequest("q"), user_id=u) for u in (2, 3, 4)]
+        with pytest.raises(QueueFull, match="busy") as full:
+            await executor.enqueue("sentiment", SentimentRequest("q"), user_id=5)
+        assert full.value.retry_after >= 1
+        await executor.enqueue("generate", GenerateRequest("hi", 2), user_id=1)
+        with pytest.raises(UserBusy, match="already have 2"):
+            await executor.enqueue("ner", type("R", (), {"text": "x"})(), user_id=1)
+        backend.gate.set()
+        await asyncio.gather(*(executor.wait(j) for j in [first, *jobs]))
+    finally:
+        await executor.shutdown()
+
+
+async def test_expired_and_cancelled_jobs_are_dropped_not_computed(tiny_settings, real_backend):
+    backend = InjectingBackend(real_backend)
+    executor = await started(make_settings(tiny_settings, max_batch_size=1, max_queued_per_user=10), backend)
+    try:
+        backend.gate.clear()
+        blocker = await executor.enqueue("sentiment", SentimentRequest("blocker"))
+        await asyncio.sleep(0.05)
+        expiring = await executor.enqueue("sentiment", SentimentRequest("expires"), timeout=0.01)
+        cancelled = await executor.enqueue("sentiment", SentimentRequest("cancelled"))
+        kept = await executor.enqueue("sentiment", SentimentRequest("kept"))
+        place, eta = executor.position(kept)
+        assert place == 3 and eta >= 0
+        assert executor.cancel(cancelled.id)
+        with pytest.raises(Cancelled):
+            await executor.wait(cancelled)  # ends at once, before the gate opens
+        await asyncio.sleep(0.05)
+        backend.gate.set()
+        with pytest.raises(DeadlineExceeded, match="waited too long"):
+            await executor.wait(expiring)
+        await executor.wait(blocker)
+        await executor.wait(kept)
+        assert len(backend.batches) == 2  # blocker and kept only
+    finally:
+        await executor.shutdown()
+
+
+async def test_generation_streams_and_stops_when_cancelled(tiny_settings, real_backend, monkeypatch):
+    monkeypatch.setattr(generate_task, "PROGRESS_INTERVAL", 0.0)
+    executor = await started(tiny_settings, real_backend)
+    try:
+        partials: list[str] = []
+        job = await executor.enqueue(
+            "generate", GenerateRequest("Once upon a time", 200, seed=3), on_progress=partials.append
+        )
+        while len(partials) < 3:
+            await asyncio.sleep(0.001)
+        assert executor.cancel(job.id)
+        with pytest.raises(Cancelled) as stopped:
+            await executor.wait(job)
+        partial = stopped.value.partial
+        assert partial.finish_reason == "cancelled" and partial.tokens < 200
+        assert job.partial is not None
+    finally:
+        await executor.shutdown()
+
+
+async def test_out_of_memory_splits_the_batch(tiny_settings, real_backend):
+    poison = "poison"
+
+    def oom(task, batch):
+        if len(batch) > 2 or any(p.request.text == poison for p in batch):
+            return RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return None
+
+    backend = InjectingBackend(real_backend, fault=oom)
+    executor = await started(make_settings(tiny_settings, max_queued_per_user=100), backend)
+    try:
+        backend.gate.clear()
+        texts = [f"text {i}" for i in range(7)] + [poison]
+        jobs = [await executor.enqueue("sentiment", SentimentRequest(t)) for t in texts]
+        backend.gate.set()
+        outcomes = await asyncio.gather(*(executor.wait(j) for j in jobs), return_exceptions=True)
+        assert [isinstance(o, InferenceFailed) for o in outcomes] == [False] * 7 + [True]
+        assert "memory" in str(outcomes[-1])
+        sizes = [size for _, size in backend.batches]
+        assert max(sizes) > 2 and sizes.count(1) >= 2  # split down to single requests
+    finally:
+        await executor.shutdown()
+
+
+async def test_one_bad_request_fails_alone(tiny_settings, real_backend):
+    def broken(task, batch):
+        return ValueError("boom") if any(p.request.text == "bad" for p in batch) else None
+
+    backend = InjectingBackend(real_backend, fault=broken)
+    executor = await started(make_settings(tiny_settings, max_queued_per_user=100), backend)
+    try:
+        backend.gate.clear()
+        jobs = [await executor.enqueue("sentiment", SentimentRequest(t)) for t in ("good", "bad", "fine")]
+        backend.gate.set()
+        outcomes = await asyncio.gather(*(executor.wait(j) for j in jobs), return_exceptions=True)
+        assert isinstance(outcomes[1], InferenceFailed) and "error id" in str(outcomes[1])
+        assert not isinstance(outcomes[0], Exception) and not isinstance(outcomes[2], Exception)
+    finally:
+        await executor.shutdown()
+
+
+async def test_unavailable_model_fails_only_its_task(tiny_settings, real_backend):
+    settings = make_settings(tiny_settings, checkpoints=dict(tiny_settings.checkpoints, ner="/nonexistent/model"))
+    executor = await started(settings, LocalBackend(settings))
+    try:
+        with pytest.raises(ModelUnavailable) as err:
+            await executor.submit("ner", type("R", (), {"text": "Berlin"})())
+        assert "/nonexistent" not in str(err.value) and "MODEL_NER" in err.value.detail
+        assert (await executor.submit("sentiment", SentimentRequest("still works"))).label
+    finally:
+        await executor.shutdown()
+
+
+async def test_shutdown_resolves_everything_queued(tiny_settings, real_backend):
+    backend = InjectingBackend(real_backend)
+    executor = await started(make_settings(tiny_settings, max_batch_size=1, max_queued_per_user=100), backend)
+    backend.gate.clear()
+    jobs = [await executor.enqueue("sentiment", SentimentRequest(f"t{i}")) for i in range(6)]
+    await asyncio.sleep(0.05)
+    backend.gate.set()
+    await executor.shutdown()
+    outcomes = await asyncio.gather(*(j.future for j in jobs), return_exceptions=True)
+    assert all(job.future.done() for job in jobs)
+    assert sum(isinstance(o, ShuttingDown) for o in outcomes) >= 5
+    with pytest.raises(ShuttingDown):
+        await executor.enqueue("sentiment", SentimentRequest("late"))
+
+
+async def test_memory_budget_unloads_the_least_recently_used_idle_model(tiny_settings):
+    probe = LocalBackend(tiny_settings)
+    size = probe.acquire("sentiment").nbytes
+    backend = LocalBackend(make_settings(tiny_settings, memory_budget_mb=1.5 * size / 2**20))
+    backend.warm_up("sentiment")
+    assert backend.is_loaded("sentiment")
+    backend.warm_up("ask")
+    assert backend.is_loaded("ask") and not backend.is_loaded("sentiment")
+
+
+async def test_a_thousand_requests_with_faults_all_end_exactly_once(tiny_settings, real_backend):
+    rng = random.Random(7)
+
+    def chaos(task, batch):
+        roll = rng.random()
+        if roll < 0.1:
+            return RuntimeError("CUDA out of memory")
+        if roll < 0.15:
+            return ValueError("injected failure")
+        return None
+
+    backend = InjectingBackend(real_backend, fault=chaos)
+    settings = make_settings(tiny_settings, queue_size_per_model=40, queue_size_total=60, max_queued_per_user=1000)
+    executor = await started(settings, backend)
+    outcomes: Counter[str] = Counter()
+    jobs = []
+    try:
+        for i in range(1000):
+            request = SentimentRequest("" if i % 97 == 0 else f"message {i} " * rng.randint(1, 20))
+            try:
+                job = await executor.enqueue("sentiment", request, user_id=i % 13, timeout=rng.choice([0.001, 30.0, 30.0]))
+            except BotError as err:
+                outcomes[type(err).__name__] += 1
+                await asyncio.sleep(0.002)  # let the worker drain a little
+                continue
+            jobs.append(job)
+            if rng.random() < 0.05:
+                executor.cancel(job.id)
+        results = await asyncio.wait_for(asyncio.gather(*(j.future for j in jobs), return_exceptions=True), 120)
+    finally:
+        await executor.shutdown()
+    for result in results:
+        outcomes["ok" if not isinstance(result, BaseException) else type(result).__name__] += 1
+    assert sum(outcomes.values()) == 1000
+    assert all(job.future.done() for job in jobs)
+    assert outcomes["ok"] > 0 and outcomes["InputError"] == 11
+    assert set(outcomes) <= {"ok", "InputError", "InputTooLong", "QueueFull", "DeadlineExceeded", "Cancelled", "InferenceFailed"}
+    recorded = Counter()
+    for (_, outcome), n in executor.outcomes.items():
+        recorded[outcome] += n
+    assert sum(recorded.values()) == len(jobs)  # the executor counted each accepted job once
+    assert not executor._jobs
+
+
+async def test_invalid_input_is_refused_before_queueing(tiny_settings, real_backend):
+    executor = await started(tiny_settings, real_backend)
+    try:
+        with pytest.raises(InputError, match="empty"):
+            await executor.enqueue("sentiment", SentimentRequest("   "))
+        with pytest.raises(InputError, match="Unknown task"):
+            await executor.enqueue("summarize", SentimentRequest("x"))
+        assert executor.snapshot()["queued"] == 0
+    finally:
+        await executor.shutdown()

@@ -1,11 +1,383 @@
-"""`automodel-bot bench` (filled in by the executor work, issue #3)."""
+"""`automodel-bot bench`: the executor against naive one-at-a-time inference, in one process.
+
+Both sides run the same request sequence (a heavy-tailed mix of lengths: most short, a few near
+the model's limit) on random-weight models of the real architectures (no download). The naive side
+is what the tutorial does per message: tokenize one text, one forward, one at a time (in a thread,
+so that the event loop is not what we measure). Reports requests/s, p50/p99 latency, the ratio,
+the worst event-loop lag, and for encoders the achieved FLOP/s against a fp32 matmul peak measured
+in the same run. Prints a markdown table; `--output` writes it to a file too.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import dataclasses
+import math
+import platform
+import random
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
-def add_arguments(parser) -> None:
-    pass
+import torch
+
+from bot.settings import Settings
+
+ENCODER_TASKS = ("sentiment", "embed", "ner", "ask", "mask")
+WORDS = (
+    "the model reads every message people send in the server and answers with what it thinks "
+    "about weather music games football Berlin Paris friends work school coffee code release bug "
+    "review deploy yesterday tomorrow really quite very good bad great awful interesting"
+).split()
 
 
-def run_bench(args, settings) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tasks", default="sentiment,embed,ner,generate", help="comma-separated tasks")
+    parser.add_argument("--concurrency", default="1,8,32", help="closed-loop client counts")
+    parser.add_argument("--requests", type=int, default=96, help="requests per measurement")
+    parser.add_argument("--rate", type=float, default=0.0, help="also run open-loop Poisson arrivals at this rate (req/s)")
+    parser.add_argument("--size", choices=("real", "tiny"), default="real", help="model sizes (real = bert-base etc.)")
+    parser.add_argument("--models-dir", type=Path, default=Path.home() / ".cache" / "automodel-bot" / "bench-models")
+    parser.add_argument("--quantize", action="store_true", help="also measure QUANTIZE=int8 against fp32 naive")
+    parser.add_argument("--generate-streams", default="1,8,16", help="concurrent /generate streams to compare")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens per /generate request")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, help="also write the markdown report here")
+
+
+@dataclasses.dataclass
+class Measurement:
+    side: str
+    concurrency: int
+    requests: int
+    seconds: float
+    latencies: list[float]
+    max_lag: float
+    useful_flops: float = 0.0
+    tokens: int = 0
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+
+def heavy_tailed_texts(n: int, tokenizer, max_tokens: int, rng: random.Random) -> list[str]:
+    """Lengths from a log-normal (median ~12 words) with a few near the model's limit."""
+    texts = []
+    for _ in range(n):
+        words = max(1, int(rng.lognormvariate(math.log(12), 1.0)))
+        if rng.random() < 0.03:
+            words = 10_000  # a wall of text, trimmed to the limit below
+        text = " ".join(rng.choice(WORDS) for _ in range(min(words, max_tokens)))
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: max_tokens - 8]
+        texts.append(tokenizer.decode(ids))
+    return texts
+
+
+def make_request(task: str, text: str, rng: random.Random, new_tokens: int) -> Any:
+    from bot.tasks import ask, embed, generate, mask, ner, sentiment
+
+    if task == "generate":
+        return generate.GenerateRequest(text, new_tokens, temperature=0.8, seed=rng.randrange(2**31))
+    if task == "mask":
+        words = text.split()
+        words[len(words) // 2] = "[MASK]"
+        return mask.MaskRequest(" ".join(words))
+    if task == "ask":
+        return ask.AskRequest("what does the model read?", text)
+    return {"sentiment": sentiment.SentimentRequest, "ner": ner.NerRequest, "embed": embed.EmbedRequest}[task](text)
+
+
+# -- measurement helpers ------------------------------------------------------------------------
+
+
+class LoopLag:
+    """Worst delay of a 10 ms timer on the event loop while a measurement runs."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task | None = None
+
+    async def _watch(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.01)
+            self.worst = max(self.worst, time.perf_counter() - before - 0.01)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
+def matmul_peak_flops(seconds: float = 2.0) -> float:
+    """Best fp32 FLOP/s of a 1024³ matrix multiply on this machine (the ceiling for encoders)."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best, ends = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < ends:
+        start = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        best = max(best, 4 * 2 * 1024**3 / (time.perf_counter() - start))
+    return best
+
+
+def encoder_flops(config, tokens: int, params_no_embed: int) -> float:
+    """Useful FLOPs of one unpadded sequence: 2·params·tokens for the dense layers, plus attention."""
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 0)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
+    return 2 * params_no_embed * tokens + 4 * layers * hidden * tokens * tokens
+
+
+async def closed_loop(clients: int, requests: list, call) -> tuple[float, list[float], float]:
+    """`clients` workers each sending the next request as soon as their previous one returned."""
+    latencies: list[float] = []
+    cursor = iter(range(len(requests)))
+
+    async def client() -> None:
+        for index in cursor:
+            start = time.perf_counter()
+            await call(requests[index])
+            latencies.append(time.perf_counter() - start)
+
+    with LoopLag() as lag:
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        seconds = time.perf_counter() - start
+    return seconds, latencies, lag.worst
+
+
+async def open_loop(rate: float, requests: list, call, rng: random.Random) -> tuple[float, list[float], float]:
+    """Poisson arrivals at `rate` requests/s, whatever the server manages."""
+    latencies: list[float] = []
+
+    async def one(request) -> None:
+        start = time.perf_counter()
+        await call(request)
+        latencies.append(time.perf_counter() - start)
+
+    with LoopLag() as lag:
+        start = time.perf_counter()
+        pending = []
+        for request in requests:
+            pending.append(asyncio.ensure_future(one(request)))
+            await asyncio.sleep(rng.expovariate(rate))
+        await asyncio.gather(*pending)
+        seconds = time.perf_counter() - start
+    return seconds, latencies, lag.worst
+
+
+# -- the naive side ---------------------------------------------------------------------------
+
+
+class Naive:
+    """The tutorial's way: one text, one tokenizer call, one forward, one at a time."""
+
+    def __init__(self, task: str, checkpoint: Path, quantize: bool = False) -> None:
+        from transformers import AutoTokenizer
+
+        from bot.tasks import TASKS
+
+        self.task = task
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        self.model = TASKS[task].auto_class.from_pretrained(checkpoint).eval()
+        if quantize:
+            self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.lock = threading.Lock()
+
+    def one(self, request) -> Any:
+        with self.lock, torch.inference_mode():
+            if self.task == "generate":
+                inputs = self.tokenizer(request.prompt, return_tensors="pt")
+                out = self.model.generate(
+                    **inputs, max_new_tokens=request.max_new_tokens, do_sample=True, temperature=request.temperature,
+                    top_p=request.top_p, pad_token_id=self.tokenizer.eos_token_id,
+                )
+                return out.shape[1] - inputs["input_ids"].shape[1]
+            if self.task == "ask":
+                inputs = self.tokenizer(request.question, request.context, return_tensors="pt")
+            else:
+                inputs = self.tokenizer(request.text, return_tensors="pt")
+            output = self.model(**inputs)
+            if self.task == "ask":
+                return torch.softmax(output.start_logits.float(), -1) * torch.softmax(output.end_logits.float(), -1)
+            if self.task == "embed":
+                return torch.nn.functional.normalize(output.last_hidden_state.mean(1), dim=-1)
+            return torch.softmax(output.logits.float(), dim=-1)
+
+    async def __call__(self, request) -> Any:
+        return await asyncio.to_thread(self.one, request)
+
+
+# -- the report ---------------------------------------------------------------------------------
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}"
+
+
+def encoder_rows(task: str, pairs: list[tuple[Measurement, Measurement]], peak: float) -> list[str]:
+    rows = []
+    for naive, ours in pairs:
+        rows.append(
+            f"| {task} | {naive.concurrency} | {naive.rps:.1f} | {ours.rps:.1f} | **{ours.rps / naive.rps:.2f}×** | "
+            f"{_ms(naive.quantile(0.5))} / {_ms(naive.quantile(0.99))} | {_ms(ours.quantile(0.5))} / {_ms(ours.quantile(0.99))} | "
+            f"{naive.useful_flops / naive.seconds / peak:.0%} | {ours.useful_flops / ours.seconds / peak:.0%} | "
+            f"{_ms(naive.max_lag)} / {_ms(ours.max_lag)} |"
+        )
+    return rows
+
+
+async def bench_encoder(task, checkpoint, settings, args, rng, peak, quantize=False) -> tuple[list[str], dict]:
+    from bot.backend import LocalBackend
+    from bot.executor import Executor
+
+    naive = Naive(task, checkpoint)
+    tokenizer = naive.tokenizer
+    model_limit = min(512, tokenizer.model_max_length)
+    texts = heavy_tailed_texts(args.requests, tokenizer, model_limit - 24, rng)
+    requests = [make_request(task, t, rng, args.new_tokens) for t in texts]
+    params = sum(p.numel() for n, p in naive.model.named_parameters() if "embeddings" not in n)
+    flops = [encoder_flops(naive.model.config, len(tokenizer(t)["input_ids"]), params) for t in texts]
+    total_flops = sum(flops)
+
+    settings = dataclasses.replace(
+        settings, checkpoints=dict(settings.checkpoints, **{task: str(checkpoint)}), device="cpu",
+        quantize="int8" if quantize else "none", queue_size_per_model=10_000, queue_size_total=10_000,
+        max_queued_per_user=10_000,
+    )
+    executor = Executor(settings, LocalBackend(settings))
+    await executor.start()
+    await asyncio.to_thread(executor.backend.warm_up, task)
+    await naive(requests[0])  # warm-up
+
+    async def ours(request):
+        return await executor.submit(task, request, user_id=rng.randrange(1000))
+
+    pairs = []
+    for clients in [int(c) for c in args.concurrency.split(",")]:
+        measured = []
+        for side, call in (("naive", naive), ("executor", ours)):
+            seconds, latencies, lag = await closed_loop(clients, requests, call)
+            measured.append(Measurement(side, clients, len(requests), seconds, latencies, lag, total_flops))
+        pairs.append(tuple(measured))
+    if args.rate:
+        measured = []
+        for side, call in (("naive", naive), ("executor", ours)):
+            seconds, latencies, lag = await open_loop(args.rate, requests, call, rng)
+            measured.append(Measurement(side, 0, len(requests), seconds, latencies, lag, total_flops))
+        pairs.append(tuple(measured))
+    snapshot = executor.snapshot()["lanes"][task]
+    await executor.shutdown()
+    label = task + (" int8" if quantize else "")
+    rows = encoder_rows(label, pairs, peak)
+    if args.rate:
+        rows[-1] = rows[-1].replace(f"| {label} | 0 |", f"| {label} | Poisson {args.rate:g}/s |")
+    extra = {"mean_batch": snapshot["mean_batch_size"]}
+    if quantize:
+        extra["agreement"] = await asyncio.to_thread(int8_agreement, task, checkpoint, requests[:64])
+    del naive
+    return rows, extra
+
+
+def int8_agreement(task: str, checkpoint: Path, requests: list) -> str:
+    """How often int8 picks the same top label as fp32, and the mean cosine of their outputs."""
+    fp32, int8 = Naive(task, checkpoint), Naive(task, checkpoint, quantize=True)
+    same, cosines = 0, []
+    for request in requests:
+        a, b = fp32.one(request), int8.one(request)
+        cosines.append(float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)))
+        same += int(a.argmax(-1).equal(b.argmax(-1)))
+    return f"same top label {same}/{len(requests)}, mean cosine {statistics.mean(cosines):.4f}"
+
+
+async def bench_generate(checkpoint, settings, args, rng) -> list[str]:
+    from bot.backend import LocalBackend
+    from bot.executor import Executor
+
+    naive = Naive("generate", checkpoint)
+    prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))) for _ in range(64)]
+    settings = dataclasses.replace(
+        settings, checkpoints=dict(settings.checkpoints, generate=str(checkpoint)), device="cpu",
+        max_queued_per_user=10_000, queue_size_per_model=10_000, queue_size_total=10_000,
+    )
+    executor = Executor(settings, LocalBackend(settings))
+    await executor.start()
+    await asyncio.to_thread(executor.backend.warm_up, "generate")
+    rows = []
+
+    async def measure(call, streams: int, count: int) -> tuple[float, float, float]:
+        requests = [make_request("generate", p, rng, args.new_tokens) for p in prompts[:count]]
+        produced = []
+
+        async def one(request):
+            produced.append(await call(request))
+
+        seconds, latencies, lag = await closed_loop(streams, requests, one)
+        return sum(produced) / seconds, statistics.median(latencies), lag
+
+    async def ours(request):
+        return (await executor.submit("generate", request, user_id=rng.randrange(1000))).tokens
+
+    base, _, _ = await measure(naive, 1, 4)
+    rows.append(f"| generate (naive, one at a time) | 1 | {base:.1f} | 1.00× | | |")
+    for streams in [int(s) for s in args.generate_streams.split(",")]:
+        rate, p50, lag = await measure(ours, streams, max(4, 2 * streams))
+        rows.append(f"| generate (executor) | {streams} | {rate:.1f} | **{rate / base:.2f}×** | {p50:.2f} s | {_ms(lag)} |")
+    await executor.shutdown()
+    return rows
+
+
+async def bench(args: argparse.Namespace, settings: Settings) -> str:
+    from bot.synthetic import build_checkpoints
+
+    rng = random.Random(args.seed)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    started = time.perf_counter()
+    checkpoints = await asyncio.to_thread(build_checkpoints, args.models_dir, args.size)
+    peak = matmul_peak_flops()
+    lines = [
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"{platform.python_version()}; models: {args.size} random-weight architectures; {args.requests} requests per row; "
+        f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s.",
+        "",
+        "| task | clients | naive req/s | executor req/s | ratio | naive p50/p99 ms | executor p50/p99 ms | naive % of peak | executor % of peak | max loop lag ms (naive / executor) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for task in tasks:
+        if task in ENCODER_TASKS:
+            rows, extra = await bench_encoder(task, checkpoints[task], settings, args, rng, peak)
+            lines += rows
+            notes.append(f"- {task}: mean executor batch {extra['mean_batch']:.1f} requests")
+            if args.quantize:
+                rows, extra = await bench_encoder(task, checkpoints[task], settings, args, rng, peak, quantize=True)
+                lines += rows
+                notes.append(f"- {task} int8 vs fp32: {extra['agreement']}")
+    if "generate" in tasks:
+        lines += ["", "| /generate | concurrent streams | aggregate tokens/s | vs one naive stream | p50 latency | max loop lag ms |",
+                  "|---|---|---|---|---|---|"]
+        lines += await bench_generate(checkpoints["generate"], settings, args, rng)
+    lines += ["", *notes, f"- total bench time {time.perf_counter() - started:.0f} s"]
+    return "\n".join(lines)
+
+
+def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    report = asyncio.run(bench(args, settings))
+    print(report)
+    if args.output:
+        args.output.write_text(report + "\n")
     return 0

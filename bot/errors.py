@@ -27,6 +27,14 @@ class QueueFull(BotError):
         self.retry_after = retry_after
 
 
+class RateLimited(BotError):
+    """This user sent commands faster than the cooldown allows."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class UserBusy(QueueFull):
     """This user already has the most requests in progress that one user may have."""
 

@@ -39,6 +39,7 @@ from bot.tasks import TASKS, BatchContext, Prepared
 log = logging.getLogger(__name__)
 
 WINDOW_FACTOR = 4  # a batch is cut from up to this many times max_batch_size queued jobs
+MAX_PADDING = 0.2  # at most this much padding on top of the real tokens of a batch
 EWMA = 0.2  # weight of the newest batch in the service-time estimate
 
 
@@ -130,15 +131,19 @@ class Lane:
 
 def cut_batch(window: list[Job], max_size: int, budget: int) -> list[Job]:
     """The batch to run next: the window's first job (the anchor) plus the jobs nearest to it in
-    length, while rows × padded length stays within `budget` tokens."""
+    length, while rows × padded length stays within `budget` tokens and padding stays under
+    MAX_PADDING of the real tokens (padding is computed like real tokens, and wasted)."""
     anchor = window[0]
     ordered = sorted(window, key=lambda j: j.prepared.sort_key)
     low = high = ordered.index(anchor)
-    rows, longest = len(anchor.prepared.rows), anchor.prepared.longest
+    rows, longest, real = len(anchor.prepared.rows), anchor.prepared.longest, anchor.prepared.cost
 
     def fits(job: Job) -> bool:
-        width = -(-max(longest, job.prepared.longest) // 8) * 8
-        return (rows + len(job.prepared.rows)) * width <= budget
+        new_rows = rows + len(job.prepared.rows)
+        width = max(longest, job.prepared.longest)
+        within_budget = new_rows * (-(-width // 8) * 8) <= budget
+        little_padding = new_rows * width <= (1 + MAX_PADDING) * (real + job.prepared.cost)
+        return within_budget and little_padding
 
     while high - low + 1 < max_size:
         below = ordered[low - 1] if low > 0 else None
@@ -154,6 +159,7 @@ def cut_batch(window: list[Job], max_size: int, budget: int) -> list[Job]:
             high += 1
         rows += len(nearest.prepared.rows)
         longest = max(longest, nearest.prepared.longest)
+        real += nearest.prepared.cost
     return ordered[low : high + 1]
 
 

@@ -30,7 +30,6 @@ import shutil
 import time
 import uuid
 import zlib
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,7 +68,7 @@ SIZES: tuple[str, ...] = ("tiny", "real")
 # Bump BUILDER_VERSION whenever what gets built changes, so stale caches are rebuilt (a new
 # transformers version also triggers a rebuild, as its save format may change).
 MARKER = "synthetic.json"
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 
 # Labels of dbmdz/bert-large-cased-finetuned-conll03-english, in its order.
 NER_LABELS: dict[int, str] = {
@@ -87,8 +86,10 @@ SENTIMENT_LABELS: dict[int, str] = {0: "NEGATIVE", 1: "POSITIVE"}
 
 # Shapes of the tiny models: small enough to build and run in milliseconds.
 _TINY = {"hidden": 64, "layers": 2, "heads": 4, "ffn": 128}
-# Target size of the trained tokenizer vocabularies (the corpus may yield fewer).
+# Target size of the trained tokenizer vocabularies (the corpus may yield fewer). WordPiece gets
+# each subword twice (word start and "##" continuation), hence about 1800 entries.
 _TOKENIZER_VOCAB = 1000
+_WORDPIECE_SUBWORDS = 900
 _WORDPIECE_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _EOT = "<|endoftext|>"
 
@@ -128,6 +129,26 @@ _VERBS = (
 _GOOD = "wonderful|delightful|brilliant|excellent|charming|superb|moving".split("|")
 _BAD = "terrible|boring|awful|disappointing|dreadful|mediocre|painful".split("|")
 _DAYS = "Monday|Tuesday|Friday|Sunday|March|July|December".split("|")
+# Everyday words outside the templates, so ordinary text splits into subwords, not single letters.
+_COMMON = (
+    "the of and to in is that it was for on are as with his they at be this from have or by one had "
+    "not but what all were when we there can an your which their said if do will each about how up "
+    "out them then she many some so these would other into has more her two like him see time could "
+    "no make than first been its who now people my made over did down only way find use may water "
+    "long little very after words called just where most know get through back much before go good "
+    "new write our used me man too any day same right look think also around another came come work "
+    "three word must because does part even place well such here take why things help put years "
+    "different away again off went old number great tell men say small every found still between "
+    "name should home big give air line set own under read last never us left end along while might "
+    "next sound below saw something thought both few those always looked show large often together "
+    "asked house world going want school important until form food keep children feet land side "
+    "without boy once animals life enough took sometimes four head above kind began almost live page "
+    "got earth need far hand high year mother light parts country father let night following picture "
+    "being study second eyes soon times story boys since white days ever paper hard near sentence "
+    "better best across during today others sure means knew try told young miles sun ways thing "
+    "whole hear example heard several change answer room sea against top turned learn point city "
+    "play toward five using himself usually money seen car morning working lives says government"
+).split()
 _QUESTION_WORDS = "Who|What|Where|When|Why|How".split("|")
 
 _EN_TEMPLATES = [
@@ -182,11 +203,16 @@ def _fill(rng: random.Random, template: str, words: dict[str, list[str]]) -> str
 
 
 def english_corpus(n: int = 400, seed: int = 0) -> list[str]:
-    """Varied English sentences: names, places, organisations, numbers, punctuation, accents."""
+    """Varied English sentences: names, places, organisations, numbers, punctuation, accents;
+    plus n/2 lines of random everyday words (for subword statistics, not for reading)."""
     rng = random.Random(seed)
     words = dict(p=_PEOPLE, p2=_PEOPLE, pl=_PLACES, o=_ORGS, n=_NOUNS, v=_VERBS)
     words.update(good=_GOOD, bad=_BAD, q=_QUESTION_WORDS, day=_DAYS)
-    return [_fill(rng, _EN_TEMPLATES[i % len(_EN_TEMPLATES)], words) for i in range(n)]
+    sentences = [_fill(rng, _EN_TEMPLATES[i % len(_EN_TEMPLATES)], words) for i in range(n)]
+    for _ in range(n // 2):
+        line = " ".join(rng.choices(_COMMON, k=rng.randint(6, 14)))
+        sentences.append(line.capitalize() + rng.choice(".?!,;"))
+    return sentences
 
 
 def german_corpus(n: int = 400, seed: int = 1) -> list[str]:
@@ -213,23 +239,20 @@ def _pad_vocab(tokens: list[str], size: int | None, filler: str) -> list[str]:
 
 
 def _wordpiece_vocab(corpus: Iterable[str], lowercase: bool, size: int | None) -> dict[str, int]:
-    """A BERT-style WordPiece vocabulary: specials first ([PAD]=0), then every character alone and
-    as a "##" continuation (so any corpus word can be spelled out, giving multi-piece words), then
-    the most frequent whole words.
+    """A BERT-style WordPiece vocabulary: specials first ([PAD]=0), then subwords, each both as a
+    word start and as a "##" continuation, so words split into realistic pieces ("work ##ing").
 
-    Built by hand rather than with tokenizers' WordPieceTrainer, whose output varies from run to
-    run (ties are broken in hash order), which would change the meaning of the seeded weights.
+    The subwords come from tokenizers' plain BPE trainer, which is deterministic. Its
+    WordPieceTrainer (like BPE with a "##" prefix) is not: ties are broken in hash order, so each
+    build would give the seeded weights different tokens.
     """
-    normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    splitter = pre_tokenizers.BertPreTokenizer()
-    counts = Counter(
-        word for line in corpus for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(line))
-    )
-    chars = sorted({char for word in counts for char in word})
-    tokens = [*_WORDPIECE_SPECIALS, *chars, *(f"##{char}" for char in chars)]
-    by_frequency = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    words = [word for word, _ in by_frequency if len(word) > 1]
-    tokens += words[: max(0, _TOKENIZER_VOCAB - len(tokens))]
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    bpe.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.BpeTrainer(vocab_size=_WORDPIECE_SUBWORDS, show_progress=False)
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    pieces = [piece for piece, _ in sorted(bpe.get_vocab().items(), key=lambda item: item[1])]
+    tokens = [*_WORDPIECE_SPECIALS, *pieces, *(f"##{piece}" for piece in pieces)]
     # "[unusedN]" like real BERT vocabularies: BertPreTokenizer splits on brackets, so never matched.
     tokens = _pad_vocab(tokens, size, "[unused{}]")
     return {token: i for i, token in enumerate(tokens)}

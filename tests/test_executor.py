@@ -92,6 +92,10 @@ class FakePrepared:
     def longest(self) -> int:
         return max(len(r["input_ids"]) for r in self.rows)
 
+    @property
+    def cost(self) -> int:
+        return sum(len(r["input_ids"]) for r in self.rows)
+
 
 def job_of_length(n: int) -> executor_module.Job:
     prepared = FakePrepared(n, [{"input_ids": [0] * n}])
@@ -99,13 +103,15 @@ def job_of_length(n: int) -> executor_module.Job:
 
 
 def test_cut_batch_keeps_the_anchor_and_the_token_budget():
-    window = [job_of_length(n) for n in (100, 5, 7, 6, 90, 8, 95, 4)]
-    batch = cut_batch(window, max_size=32, budget=64)
-    assert window[0] in batch  # the anchor (served least recently) always runs
-    assert len(batch) * -(-max(j.prepared.longest for j in batch) // 8) * 8 <= 64 or len(batch) == 1
-    short = cut_batch(window[1:], max_size=32, budget=64)
-    assert sorted(j.prepared.sort_key for j in short) == [4, 5, 6, 7, 8]  # similar lengths together
+    window = [job_of_length(n) for n in (400, 50, 52, 51, 380, 53, 390, 49)]
+    batch = cut_batch(window, max_size=32, budget=512)
+    assert batch == [window[0]]  # the anchor (served least recently) always runs; two long ones exceed 512
+    short = cut_batch(window[1:], max_size=32, budget=512)
+    assert sorted(j.prepared.sort_key for j in short) == [49, 50, 51, 52, 53]  # similar lengths together
     assert len(cut_batch(window[1:], max_size=2, budget=10_000)) == 2
+    # Short and long requests are not padded together: padding is computed, and wasted.
+    mixed = cut_batch([job_of_length(10), job_of_length(12), job_of_length(400)], max_size=32, budget=100_000)
+    assert sorted(j.prepared.sort_key for j in mixed) == [10, 12]
 
 
 async def test_a_flooding_user_does_not_push_others_back(tiny_settings, real_backend):

@@ -1,0 +1,60 @@
+"""Errors in one place: a CommandTree whose on_error turns known errors into short ephemeral replies
+saying what to change, and logs anything else with an error id (the user sees only the id)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+
+import discord
+from discord import app_commands
+
+from bot.errors import BotError, Cancelled, QueueFull, RateLimited
+
+log = logging.getLogger(__name__)
+
+NO_PINGS = discord.AllowedMentions.none()
+
+
+def user_message(error: BaseException) -> str | None:
+    """The reply for an expected error, or None when it is a bug."""
+    if isinstance(error, (QueueFull, RateLimited)):
+        return f"🚦 {error} (<t:{int(time.time() + error.retry_after) + 1}:R>)"
+    if isinstance(error, Cancelled):
+        return "🛑 Cancelled."
+    if isinstance(error, BotError):
+        return f"⚠️ {error}"
+    if isinstance(error, app_commands.NoPrivateMessage):
+        return "⚠️ This command works in a server only."
+    if isinstance(error, app_commands.CheckFailure):
+        return "⛔ Only the bot's owners can use this command."
+    if isinstance(error, app_commands.TransformerError):
+        return f"⚠️ `{error.value!r}` is not a valid value here."
+    if isinstance(error, app_commands.CommandSignatureMismatch):
+        return "⚠️ This command changed since your client loaded it. Reload Discord (Ctrl+R) and try again."
+    return None
+
+
+async def reply_error(interaction: discord.Interaction, message: str) -> None:
+    """Ephemeral when nothing was sent yet; otherwise the deferred reply becomes the error."""
+    try:
+        if interaction.response.is_done():
+            await interaction.edit_original_response(content=message, embeds=[], attachments=[], view=None,
+                                                     allowed_mentions=NO_PINGS)
+        else:
+            await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_PINGS)
+    except discord.HTTPException:
+        log.warning("Could not send an error reply for interaction %s", interaction.id)
+
+
+class BotTree(app_commands.CommandTree):
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        original = getattr(error, "original", error)
+        message = user_message(original) or user_message(error)
+        if message is None:
+            error_id = secrets.token_hex(4)
+            name = interaction.command.qualified_name if interaction.command else "?"
+            log.error("Unexpected error %s in /%s", error_id, name, exc_info=original)
+            message = f"💥 Something went wrong on our side (error id `{error_id}`). Please try again later."
+        await reply_error(interaction, message)

@@ -1,0 +1,88 @@
+"""/models, /status and /help: what runs where, how busy it is, and what each command does."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.tasks import TASKS
+from bot.tree import NO_PINGS
+
+COMMAND_USAGE = {
+    "generate": "/generate prompt [max_new_tokens] [temperature] [top_p] [seed]",
+    "mask": "/mask text [top_k]",
+    "translate": "/translate text",
+    "ask": "/ask question context",
+    "ner": "/ner text",
+    "sentiment": "/sentiment text",
+    "embed": "/embed text [other]",
+}
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h {minutes}m" if days else f"{hours}h {minutes}m {seconds}s"
+
+
+class Info(commands.Cog):
+    def __init__(self, bot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="models", description="Which model runs each command, where, and whether it is loaded")
+    async def models(self, interaction: discord.Interaction) -> None:
+        embed = discord.Embed(title="Models", color=0x5865F2)
+        for row in self.bot.executor.backend.describe():
+            state = "loaded" if row["loaded"] else "loads on first use"
+            params = f" · {row['parameters'] / 1e6:.0f}M parameters" if row["parameters"] else ""
+            shared = f" · shares weights with /{', /'.join(row['shared_with'])}" if row["shared_with"] and row["loaded"] else ""
+            embed.add_field(
+                name=f"/{row['task']}",
+                value=f"`{row['auto_class']}`\n`{row['checkpoint'][:200]}`\n{row['device']} · {row['dtype']} · {state}{params}{shared}",
+                inline=False,
+            )
+        await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_PINGS)
+
+    @app_commands.command(name="status", description="Queue depth, recent latency, uptime and memory")
+    async def status(self, interaction: discord.Interaction) -> None:
+        snapshot = self.bot.executor.snapshot()
+        lines = ["task        queued  running  p50 s   p99 s   batch"]
+        for task, lane in snapshot["lanes"].items():
+            lines.append(
+                f"{task:<11} {lane['queued']:>6}  {lane['running']:>7}  {lane['latency_p50']:>5.2f}  "
+                f"{lane['latency_p99']:>6.2f}  {lane['mean_batch_size']:>5.1f}"
+            )
+        embed = discord.Embed(title="Status", description="```\n" + "\n".join(lines) + "\n```", color=0x5865F2)
+        embed.add_field(name="uptime", value=_duration(snapshot["uptime"]), inline=True)
+        embed.add_field(name="queued in all", value=str(snapshot["queued"]), inline=True)
+        memory = snapshot["memory"]
+        if memory:
+            embed.add_field(name="GPU memory", value=f"{memory['allocated'] / 2**30:.1f} of {memory['total'] / 2**30:.1f} GiB",
+                            inline=True)
+        loaded = sum(m["memory_bytes"] or 0 for m in snapshot["models"])
+        embed.add_field(name="model weights loaded", value=f"{loaded / 2**20:.0f} MiB", inline=True)
+        await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_PINGS)
+
+    @app_commands.command(name="help", description="What each command does and the Auto class behind it")
+    async def help(self, interaction: discord.Interaction) -> None:
+        backend = self.bot.executor.backend
+        embed = discord.Embed(
+            title="automodel-bot",
+            description="Each command is one Hugging Face Auto class. Right-click a message → Apps for "
+            "Sentiment, Named entities and Translate.",
+            color=0x5865F2,
+        )
+        for name, task in TASKS.items():
+            embed.add_field(
+                name=COMMAND_USAGE[name],
+                value=f"{task.summary}\n`{task.auto_class_name}` · `{backend.checkpoints[name][:150]}`",
+                inline=False,
+            )
+        embed.set_footer(text="/models: where each model runs · /status: how busy the bot is")
+        await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_PINGS)
+
+
+async def setup(bot) -> None:
+    await bot.add_cog(Info(bot))

@@ -54,6 +54,8 @@ class Job:
     deadline: float
     on_progress: Callable[[Any], None] | None = None
     started_at: float | None = None
+    finished_at: float | None = None
+    batch_size: int = 0  # requests in the batch that computed this job (0: never computed)
     cancelled: bool = False
     partial: Any = None  # latest partial output (streamed generation text)
 
@@ -178,6 +180,8 @@ class Executor:
         self._threads: list[threading.Thread] = []
         self._prep_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._stopping = False
+        # Called on the event loop as listener(job, outcome) when a job ends: logs, metrics.
+        self.listeners: list[Callable[[Job, str], None]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings, backend: Any = None) -> Executor:
@@ -401,6 +405,7 @@ class Executor:
         for job in batch:
             lane.remove(job)
             job.started_at = now
+            job.batch_size = len(batch)
             lane.last_served[job.user_id] = now
         return batch, dropped
 
@@ -478,14 +483,20 @@ class Executor:
                     del self._per_user[job.user_id]
             outcome = "ok" if error is None else type(error).__name__
             self.outcomes[(job.task, outcome)] += 1
+            job.finished_at = time.monotonic()
             lane = self.lanes[job.task]
             with lane.cond:
-                lane.stats.recent_latency.append(time.monotonic() - job.enqueued_at)
+                lane.stats.recent_latency.append(job.finished_at - job.enqueued_at)
             if error is None:
                 job.future.set_result(result)
             else:
                 job.future.set_exception(error)
                 job.future.exception()  # mark retrieved: nobody may be waiting (cancelled by its user)
+            for listener in self.listeners:
+                try:
+                    listener(job, outcome)
+                except Exception:
+                    log.exception("Job listener failed")
 
         self._call_soon(resolve)
 

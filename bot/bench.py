@@ -37,13 +37,15 @@ WORDS = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", default="sentiment,embed,ner,generate", help="comma-separated tasks")
     parser.add_argument("--concurrency", default="1,8,32", help="closed-loop client counts")
-    parser.add_argument("--requests", type=int, default=96, help="requests per measurement")
+    parser.add_argument("--requests", type=int, default=64, help="requests per run (each side runs twice: A B B A)")
     parser.add_argument("--rate", type=float, default=0.0, help="also run open-loop Poisson arrivals at this rate (req/s)")
     parser.add_argument("--size", choices=("real", "tiny"), default="real", help="model sizes (real = bert-base etc.)")
     parser.add_argument("--models-dir", type=Path, default=Path.home() / ".cache" / "automodel-bot" / "bench-models")
     parser.add_argument("--quantize", action="store_true", help="also measure QUANTIZE=int8 against fp32 naive")
     parser.add_argument("--generate-streams", default="1,8,16", help="concurrent /generate streams to compare")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens per /generate request")
+    parser.add_argument("--continuous", action="store_true",
+                        help="also compare transformers' continuous batching with batched generate()")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
 
@@ -180,6 +182,21 @@ async def open_loop(rate: float, requests: list, call, rng: random.Random) -> tu
     return seconds, latencies, lag.worst
 
 
+async def measure_pair(sides: dict, clients: int, run, flops: float) -> tuple[Measurement, Measurement]:
+    """Both sides in the order A B B A, each side's two runs summed, so that a drift in machine
+    speed (turbo, another process) weighs on both sides alike."""
+    totals = {side: Measurement(side, clients, 0, 0.0, [], 0.0) for side in sides}
+    for side in ("naive", "executor", "executor", "naive"):
+        seconds, latencies, lag = await run(sides[side])
+        total = totals[side]
+        total.requests += len(latencies)
+        total.seconds += seconds
+        total.latencies += latencies
+        total.max_lag = max(total.max_lag, lag)
+        total.useful_flops += flops
+    return totals["naive"], totals["executor"]
+
+
 # -- the naive side ---------------------------------------------------------------------------
 
 
@@ -267,19 +284,13 @@ async def bench_encoder(task, checkpoint, settings, args, rng, peak, quantize=Fa
     async def ours(request):
         return await executor.submit(task, request, user_id=rng.randrange(1000))
 
-    pairs = []
-    for clients in [int(c) for c in args.concurrency.split(",")]:
-        measured = []
-        for side, call in (("naive", naive), ("executor", ours)):
-            seconds, latencies, lag = await closed_loop(clients, requests, call)
-            measured.append(Measurement(side, clients, len(requests), seconds, latencies, lag, total_flops))
-        pairs.append(tuple(measured))
+    sides = {"naive": naive, "executor": ours}
+    pairs = [
+        await measure_pair(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), total_flops)
+        for clients in [int(c) for c in args.concurrency.split(",")]
+    ]
     if args.rate:
-        measured = []
-        for side, call in (("naive", naive), ("executor", ours)):
-            seconds, latencies, lag = await open_loop(args.rate, requests, call, rng)
-            measured.append(Measurement(side, 0, len(requests), seconds, latencies, lag, total_flops))
-        pairs.append(tuple(measured))
+        pairs.append(await measure_pair(sides, 0, lambda call: open_loop(args.rate, requests, call, rng), total_flops))
     snapshot = executor.snapshot()["lanes"][task]
     await executor.shutdown()
     label = task + (" int8" if quantize else "")
@@ -341,6 +352,49 @@ async def bench_generate(checkpoint, settings, args, rng) -> list[str]:
     return rows
 
 
+def bench_continuous(checkpoint: Path, new_tokens: int, rng: random.Random) -> list[str]:
+    """Batched generate() against a warm, persistent ContinuousBatchingManager on the same prompts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    prompts = [tokenizer(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))))["input_ids"] for _ in range(16)]
+    pad = tokenizer.eos_token_id
+
+    def batched(count: int) -> None:
+        batch = prompts[:count]
+        width = max(map(len, batch))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        with torch.inference_mode():
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                           do_sample=False, pad_token_id=pad)
+
+    config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=pad)
+    manager = model.init_continuous_batching(generation_config=config)
+    manager.start()
+
+    def continuous(count: int) -> None:
+        for i in range(count):
+            manager.add_request(prompts[i], max_new_tokens=new_tokens)
+        for _ in range(count):
+            manager.get_result(timeout=600)
+
+    batched(8), continuous(8)  # warm both
+    rows = []
+    for count in (1, 8, 16):
+        seconds = {}
+        for name, run in (("generate", batched), ("continuous", continuous)):
+            start = time.perf_counter()
+            run(count)
+            seconds[name] = time.perf_counter() - start
+        tokens = count * new_tokens
+        rows.append(f"| {count} | {tokens / seconds['generate']:.1f} | {tokens / seconds['continuous']:.1f} | "
+                    f"{seconds['continuous'] / seconds['generate']:.2f}× |")
+    manager.stop(block=True)
+    return rows
+
+
 async def bench(args: argparse.Namespace, settings: Settings) -> str:
     from bot.synthetic import build_checkpoints
 
@@ -371,6 +425,10 @@ async def bench(args: argparse.Namespace, settings: Settings) -> str:
         lines += ["", "| /generate | concurrent streams | aggregate tokens/s | vs one naive stream | p50 latency | max loop lag ms |",
                   "|---|---|---|---|---|---|"]
         lines += await bench_generate(checkpoints["generate"], settings, args, rng)
+    if args.continuous:
+        lines += ["", "| prompts at once | batched generate() tokens/s | continuous batching tokens/s | generate() speed-up |",
+                  "|---|---|---|---|"]
+        lines += await asyncio.to_thread(bench_continuous, checkpoints["generate"], args.new_tokens, rng)
     lines += ["", *notes, f"- total bench time {time.perf_counter() - started:.0f} s"]
     return "\n".join(lines)
 

@@ -39,6 +39,7 @@ from bot.tasks import TASKS, BatchContext, Prepared
 log = logging.getLogger(__name__)
 
 WINDOW_FACTOR = 4  # a batch is cut from up to this many times max_batch_size queued jobs
+SETTLE = 0.05  # after a batch, wait at most this fraction of its duration for its users to come back
 MAX_PADDING = 0.2  # at most this much padding on top of the real tokens of a batch
 EWMA = 0.2  # weight of the newest batch in the service-time estimate
 
@@ -368,11 +369,23 @@ class Executor:
         return max(1.0, lane.depth / max(1.0, lane.stats.batch_size) * per_batch)
 
     def _work(self, lane: Lane) -> None:
-        """Worker thread of one lane: form a batch as soon as there is work, run it, repeat."""
+        """Worker thread of one lane: form a batch as soon as there is work, run it, repeat.
+
+        One exception to "as soon as": right after a batch, while fewer jobs are queued than that
+        batch held, wait at most SETTLE of its duration for them. The users it just answered are
+        sending their next requests this very moment; without the pause the worker would take the
+        first one alone and the batch would split in two, for good (a closed loop keeps the split).
+        """
+        last_size, settle_until = 0, 0.0
         while True:
             with lane.cond:
                 while lane.depth == 0 and not self._stopping:
                     lane.cond.wait()
+                while not self._stopping and lane.depth < last_size:
+                    remaining = settle_until - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    lane.cond.wait(remaining)
                 if self._stopping:
                     return
                 batch, dropped = self._take_batch(lane)
@@ -380,7 +393,9 @@ class Executor:
             for job, error in dropped:
                 self._finish(job, error=error)
             if batch:
+                started = time.monotonic()
                 self._run(lane, batch)
+                last_size, settle_until = len(batch), time.monotonic() + SETTLE * (time.monotonic() - started)
             with lane.cond:
                 lane.running = []
 

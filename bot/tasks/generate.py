@@ -27,6 +27,7 @@ from bot.tasks.base import (
     pad_rows,
 )
 
+TOP_K = 50  # candidates a sampled token is drawn from, before top_p
 PROGRESS_INTERVAL = 0.5  # seconds between partial-text reports per batch
 _HASH_MOD = 2**31
 
@@ -124,24 +125,23 @@ class RowSampler(LogitsProcessor):
             return scores
         device = scores.device
         step = input_ids.shape[1] - self.prompt_width
-        logits = scores / self.temperature.to(device)
-        logits = _top_p_filter(logits, self.top_p.to(device))
-        noise = _gumbel(self.seeds.to(device), step, scores.shape[1], device)
-        choice = (logits + noise).argmax(dim=-1, keepdim=True)
+        # The TOP_K best tokens, already sorted (transformers samples from top_k=50 by default too):
+        # this avoids sorting the whole vocabulary at every step.
+        best, token_ids = scores.topk(min(TOP_K, scores.shape[1]), dim=-1)
+        logits = best / self.temperature.to(device)
+        probs = logits.softmax(dim=-1)
+        outside_p = (probs.cumsum(dim=-1) - probs) >= self.top_p.to(device)  # keeps at least the best
+        logits = logits.masked_fill(outside_p, float("-inf"))
+        noise = _gumbel(self.seeds.to(device), step, token_ids)
+        choice = token_ids.gather(1, (logits + noise).argmax(dim=-1, keepdim=True))
         forced = torch.full_like(scores, float("-inf")).scatter_(1, choice, 0.0)
         return torch.where(self.sampled.to(device).unsqueeze(1), forced, scores)
 
 
-def _top_p_filter(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    ordered, order = logits.sort(dim=-1, descending=True)
-    cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
-    drop = (cumulative - ordered.softmax(dim=-1)) >= top_p  # keeps at least the best token
-    return logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
-
-
-def _gumbel(seeds: torch.Tensor, step: int, vocab: int, device: torch.device) -> torch.Tensor:
-    """Gumbel noise from an integer hash; every intermediate stays below 2**62, so no overflow."""
-    x = (seeds * 1_000_003 + step * 7919 + torch.arange(vocab, device=device)) % _HASH_MOD
+def _gumbel(seeds: torch.Tensor, step: int, token_ids: torch.Tensor) -> torch.Tensor:
+    """Gumbel noise for each (seed, step, token id), from an integer hash: a row's draw does not
+    depend on its batch. Every intermediate stays below 2**62, so nothing overflows."""
+    x = (seeds * 1_000_003 + step * 7919 + token_ids) % _HASH_MOD
     for _ in range(3):
         x = (x * 1_103_515_245 + 12_345) % _HASH_MOD
         x = x ^ (x >> 13)

@@ -87,18 +87,60 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             "(Discord Developer Portal → your application → Bot → Reset Token).",
             EXIT_USAGE,
         )
+    import aiohttp
     import discord
 
-    from bot.client import AutoModelBot
+    from bot.client import create_bot
 
-    bot = AutoModelBot(settings)
+    bot = create_bot(settings)
     try:
-        bot.run(settings.discord_token, log_handler=None)
+        asyncio.run(run_until_signal(bot, settings.discord_token))
     except discord.LoginFailure:
         return _fail("Discord rejected DISCORD_TOKEN. Copy the token again from the Developer Portal.", EXIT_USAGE)
     except discord.PrivilegedIntentsRequired:
         return _fail("Discord refused a privileged intent; enable it in the Developer Portal.", EXIT_USAGE)
+    except (discord.HTTPException, aiohttp.ClientError) as err:  # at login, before anything ran
+        return _fail(f"Could not reach Discord: {err}. Check the network, then start again.", 1)
+    except OSError as err:  # e.g. STATE_DIR or HF_HOME not writable (a bind mount owned by root)
+        return _fail(str(err), 1)
+    log.info("Stopped")
     return 0
+
+
+async def run_until_signal(bot: Any, token: str) -> None:
+    """bot.run() without its gap: discord.py handles neither SIGTERM (what `docker stop` sends) nor,
+    cleanly, SIGINT. Either one closes the bot (close() drains the executor first) and returns."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        if stop.is_set():
+            log.info("%s again: already shutting down", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+        except (NotImplementedError, RuntimeError):  # Windows: Ctrl+C still raises KeyboardInterrupt
+            pass
+    async with bot:
+        running = asyncio.create_task(bot.start(token), name="discord-bot")
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not running.done():
+            log.info("Received %s: shutting down", received[0])
+            await bot.close()
+            await asyncio.wait({running}, timeout=5)
+            running.cancel()  # still logging in or loading models (PRELOAD): stop there
+        stopping.cancel()
+        try:
+            await running  # the bot's own error (LoginFailure, ...) if it ended by itself
+        except asyncio.CancelledError:
+            pass
 
 
 def build_request(args: argparse.Namespace) -> Any:

@@ -6,9 +6,11 @@ lives in its cog.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,7 @@ from bot.tree import BotTree
 
 if TYPE_CHECKING:
     from bot.executor import Executor
+    from bot.metrics import MetricsServer
     from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,11 @@ EXTENSIONS: tuple[str, ...] = (
     "cogs.info",
     "cogs.admin",
 )
+
+# discord.py runs each application command in a task of this name. At shutdown the bot waits (at
+# most REPLY_GRACE seconds) for them, so the last replies go out before the HTTP session closes.
+COMMAND_TASK = "CommandTree-invoker"
+REPLY_GRACE = 5.0
 
 
 class AutoModelBot(commands.Bot):
@@ -60,13 +68,31 @@ class AutoModelBot(commands.Bot):
 
         self.cooldowns = Cooldowns(settings.user_cooldown)
         self.edit_budget = EditBudget()
+        self.metrics_server: MetricsServer | None = None
+        self._draining: asyncio.Task | None = None
 
     async def setup_hook(self) -> None:
         if self.executor is None:
             from bot.executor import Executor
 
             self.executor = Executor.from_settings(self.settings)
+        from bot.logs import RequestLog
+
+        listeners = getattr(self.executor, "listeners", [])
+        listeners.append(RequestLog(self.settings.log_user_salt))
+        if self.settings.metrics_port is not None:
+            from bot.metrics import MetricsServer
+
+            # Before the models load (PRELOAD), so /healthz answers while they do.
+            self.metrics_server = MetricsServer(self, self.settings.metrics_host, self.settings.metrics_port)
+            listeners.append(self.metrics_server.metrics.observe)
+            await self.metrics_server.start()
+        started = time.monotonic()
+        if self.settings.preload:
+            log.info("PRELOAD: loading every model before connecting to Discord")
         await self.executor.start()
+        if self.settings.preload:
+            log.info("PRELOAD: models ready in %.1fs", time.monotonic() - started)
         for name in self.extension_names:
             try:
                 await self.load_extension(name)
@@ -84,10 +110,14 @@ class AutoModelBot(commands.Bot):
         hash is kept in STATE_DIR), because Discord allows 200 command creations a day per guild."""
         guild = discord.Object(id=self.settings.discord_guild_id) if self.settings.discord_guild_id else None
         if guild is not None:
+            # A fresh copy: commands removed since the last copy (an unloaded cog) must go too.
+            self.tree.clear_commands(guild=guild)
             self.tree.copy_global_to(guild=guild)
         where = f"to guild {guild.id}" if guild else "globally"
         payload = [command.to_dict(self.tree) for command in self.tree._get_all_commands(guild=guild)]
-        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        # The application is part of the hash: another bot (token) sharing STATE_DIR still gets its commands.
+        synced = {"application": self.application_id, "commands": payload}
+        digest = hashlib.sha256(json.dumps(synced, sort_keys=True).encode()).hexdigest()
         marker = self.settings.state_dir / f"commands-{guild.id if guild else 'global'}.sha256"
         if not force and marker.exists() and marker.read_text().strip() == digest:
             log.info("Commands unchanged since the last sync %s; not syncing", where)
@@ -101,5 +131,45 @@ class AutoModelBot(commands.Bot):
     async def close(self) -> None:
         # Drain first so queued users hear that their job will not run before the gateway closes.
         if self.executor is not None:
-            await self.executor.shutdown()
+            if self._draining is None:
+                self._draining = asyncio.ensure_future(self._drain(caller=asyncio.current_task()))
+            await asyncio.shield(self._draining)  # a second close() waits for the same drain
         await super().close()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
+            self.metrics_server = None
+
+    async def _drain(self, caller: asyncio.Task | None) -> None:
+        """Stop taking jobs (new commands hear "restarting"), tell queued users their job will not
+        run, let running batches finish within SHUTDOWN_GRACE, then let the command handlers send
+        those last replies (at most REPLY_GRACE) before the connection closes."""
+        grace = self.settings.shutdown_grace
+        snapshot = self.executor.snapshot() if hasattr(self.executor, "snapshot") else {"lanes": {}}
+        running = sum(lane["running"] for lane in snapshot["lanes"].values())
+        queued = sum(lane["queued"] for lane in snapshot["lanes"].values())
+        log.info("Shutting down: no new jobs; %d queued job(s) will not run; up to %gs for %d running",
+                 queued, grace, running)
+        started = time.monotonic()
+        await self.executor.shutdown(grace)
+        log.info("Executor drained in %.1fs", time.monotonic() - started)
+        # Not the one that called close() (a command may), or it would wait for itself.
+        handlers = [t for t in asyncio.all_tasks() if t.get_name() == COMMAND_TASK and t is not caller]
+        if handlers:
+            _, late = await asyncio.wait(handlers, timeout=REPLY_GRACE)
+            if late:
+                log.warning("%d command handler(s) still busy after %gs; closing anyway", len(late), REPLY_GRACE)
+
+
+class ShardedAutoModelBot(AutoModelBot, commands.AutoShardedBot):
+    """The same bot over several gateway connections (SHARDS; Discord requires it past 2500
+    servers). commands.Bot adds nothing to BotBase, so in this class's MRO every method of
+    discord.AutoShardedClient comes before discord.Client's."""
+
+
+def create_bot(settings: Settings, **options) -> AutoModelBot:
+    """AutoModelBot, or ShardedAutoModelBot when SHARDS is set ("auto": as many as Discord advises)."""
+    if settings.shards is None:
+        return AutoModelBot(settings, **options)
+    if settings.shards != "auto":
+        options.setdefault("shard_count", settings.shards)
+    return ShardedAutoModelBot(settings, **options)

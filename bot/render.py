@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -105,18 +106,27 @@ def as_text(result: Any) -> str:
 
 
 # -- Discord messages ----------------------------------------------------------------------------
-# Limits of one message (Discord's): content 2000, embed description 4096, field value 1024, 6000
-# characters across all embeds. Longer output is cut at a line or word boundary with a visible note,
-# and the full text is attached as a file.
+# Limits of one message (Discord's): content 2000; embed title 256, description 4096, 25 fields of
+# name 256 and value 1024, 6000 characters across all embeds. Longer output is cut at a line or word
+# boundary with a visible note; where the note says so, the full text is attached as a file.
 
 CONTENT_LIMIT = 2000
+TITLE_LIMIT = 256
 DESCRIPTION_LIMIT = 4096
 FIELD_LIMIT = 1024
+FIELD_COUNT_LIMIT = 25
 EMBED_TOTAL_LIMIT = 6000
+HEADER_ROOM = 120  # content kept free for a line the cog puts on top ("Cancelled", a late-delivery mention)
+DESCRIPTION_ROOM = 500  # fields stop being added when less than this would be left for the description
+MAX_LABELS = 10  # /sentiment rows shown; models with more labels show the likeliest
 CUT_NOTE = "\n… (cut to fit Discord; the full text is attached)"
+SHORT_NOTE = "\n… (cut to fit Discord)"
+STREAM_NOTE = "\n…"
 COLORS = {"POSITIVE": 0x2ECC71, "NEGATIVE": 0xE74C3C}
+BLURPLE, GREY = 0x5865F2, 0x95A5A6
 ENTITY_STYLE = {"PER": "🟦", "ORG": "🟧", "LOC": "🟩", "MISC": "🟪"}
 ZERO_WIDTH = "\u200b"
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # newlines and tabs stay
 
 
 @dataclasses.dataclass
@@ -141,8 +151,19 @@ def fit(text: str, limit: int, note: str = CUT_NOTE) -> tuple[str, bool]:
     return text[:cut].rstrip() + note, True
 
 
+def tail(text: str, limit: int) -> str:
+    """The end of `text` in at most `limit` characters, starting at a word where possible."""
+    if len(text) <= limit:
+        return text
+    start = len(text) - limit
+    space = text.find(" ", start, start + limit // 2)
+    return text[space + 1 if space >= 0 else start :]
+
+
 def safe(text: str) -> str:
-    """User or model text shown back: markdown and mentions neutralized (nothing pings or formats)."""
+    """User or model text shown back: markdown and mentions neutralized (nothing pings or formats),
+    control characters (which byte-level models can emit) dropped."""
+    text = CONTROL.sub("", text)
     text = discord.utils.escape_markdown(text, ignore_links=False)
     text = discord.utils.escape_mentions(text)
     return text.replace("<@", "<" + ZERO_WIDTH + "@").replace("<#", "<" + ZERO_WIDTH + "#")
@@ -153,99 +174,143 @@ def quote(text: str, limit: int = 600) -> str:
     return "> " + shown.replace("\n", "\n> ")
 
 
-def _embed(title: str, description: str = "", color: int = 0x5865F2) -> discord.Embed:
-    return discord.Embed(title=title[:256], description=fit(description, DESCRIPTION_LIMIT)[0], color=color)
+def prepend(reply: Reply, line: str) -> Reply:
+    """`reply` with `line` above its content; renderers leave HEADER_ROOM for it."""
+    content = line + (f"\n{reply.content}" if reply.content else "")
+    return dataclasses.replace(reply, content=fit(content, CONTENT_LIMIT, note=SHORT_NOTE)[0])
 
 
-def _field(embed: discord.Embed, name: str, value: str, inline: bool = False) -> None:
-    embed.add_field(name=name[:256], value=fit(value, FIELD_LIMIT, note="\n…")[0] or "-", inline=inline)
+def _embed(title: str, color: int = BLURPLE) -> discord.Embed:
+    return discord.Embed(title=fit(title.replace("\n", " "), TITLE_LIMIT, note="…")[0], color=color)
 
 
-def _block(text: str) -> str:
-    return "```\n" + text.replace("```", "`\u200b``") + "\n```"
+def _fields(embed: discord.Embed, fields: list[tuple[str, str, bool]]) -> int:
+    """Add (name, value, inline) fields while the embed has room (25 fields, and the 6000-character
+    total minus DESCRIPTION_ROOM); return how many were added."""
+    for added, (name, value, inline) in enumerate(fields):
+        name = fit(name, TITLE_LIMIT, note="…")[0]
+        value = fit(value, FIELD_LIMIT, note="\n…")[0] or "-"
+        full = len(embed.fields) >= FIELD_COUNT_LIMIT
+        if full or len(embed) + len(name) + len(value) > EMBED_TOTAL_LIMIT - DESCRIPTION_ROOM:
+            return added
+        embed.add_field(name=name, value=value, inline=inline)
+    return len(fields)
 
 
-def reply_generate(r: GenerateResult, streaming: bool = False) -> Reply:
-    full = f"**{safe(r.prompt)}**{safe(r.text)}"
-    status = "✍️ writing…" if streaming else f"{r.tokens} tokens · {r.finish_reason} · seed {r.seed}"
-    footer = f"\n-# {status}"
-    content, cut = fit(full, CONTENT_LIMIT - len(footer))
-    files = [("generation.txt", (r.prompt + r.text).encode())] if cut and not streaming else []
-    return Reply(content=content + footer, files=files)
-
-
-def reply_mask(r: MaskResult) -> Reply:
-    embed = _embed("Fill-mask", f"{safe(r.filled)}")
-    for n, candidates in enumerate(r.candidates, 1):
-        width = max((len(c.token) for c in candidates), default=1)
-        rows = [f"{c.token[:24]:<{min(width, 24)}} {bar(c.score, 12)} {percent(c.score)}" for c in candidates]
-        _field(embed, f"mask {n}", _block("\n".join(rows)))
-    embed.set_footer(text=f"top {len(r.candidates[0]) if r.candidates else 0} candidates per {r.mask_token}")
-    return Reply(embeds=[embed])
-
-
-def reply_translate(r: TranslateResult) -> Reply:
-    text, cut = fit(safe(r.translation), DESCRIPTION_LIMIT)
-    embed = _embed("Translation", text)
-    _field(embed, "Original", quote(r.source, 900))
-    if r.chunks > 1:
-        embed.set_footer(text=f"long text: translated in {r.chunks} pieces")
-    files = [("translation.txt", r.translation.encode())] if cut else []
+def _finish(
+    embed: discord.Embed, description: str, attachment: tuple[str, str] | None = None, incomplete: bool = False
+) -> Reply:
+    """Give the description the room the title, fields and footer left. When the description was cut
+    (or `incomplete`: fields were left out), attach `attachment` (filename, full text) and say so."""
+    room = min(DESCRIPTION_LIMIT, EMBED_TOTAL_LIMIT - len(embed))
+    embed.description, cut = fit(description, room, CUT_NOTE if attachment else SHORT_NOTE)
+    files = [(attachment[0], attachment[1].encode())] if attachment and (cut or incomplete) else []
     return Reply(embeds=[embed], files=files)
 
 
+def _block(text: str, limit: int = FIELD_LIMIT) -> str:
+    """A code block of at most `limit` characters (cut inside, so the fence always closes)."""
+    inner, _ = fit(text.replace("```", "`\u200b``"), limit - 8, note="\n…")
+    return "```\n" + inner + "\n```"
+
+
+def reply_generate(r: GenerateResult, streaming: bool = False) -> Reply:
+    status = "✍️ writing…" if streaming else f"{r.tokens} tokens · {r.finish_reason} · seed {r.seed}"
+    footer = f"\n-# {status}"
+    note = STREAM_NOTE if streaming else CUT_NOTE
+    room = CONTENT_LIMIT - HEADER_ROOM - len(footer)
+    prompt = safe(r.prompt)
+    long_prompt = len(prompt) > room // 2
+    if long_prompt:  # the continuation follows the end of the prompt: show that end
+        prompt = "…" + safe(tail(r.prompt, room // 4))
+    body, cut = fit(f"**{prompt}**{safe(r.text)}", room - len(note) if long_prompt else room, note)
+    if long_prompt and not cut:
+        body += note
+    files = [("generation.txt", (r.prompt + r.text).encode())] if (cut or long_prompt) and not streaming else []
+    return Reply(content=body + footer, files=files)
+
+
+def reply_mask(r: MaskResult) -> Reply:
+    embed = _embed("Fill-mask")
+    fields = []
+    for n, candidates in enumerate(r.candidates, 1):
+        width = min(24, max((len(c.token) for c in candidates), default=1))
+        rows = [f"{c.token[:24]:<{width}} {bar(c.score, 12)} {percent(c.score)}" for c in candidates]
+        fields.append((f"mask {n}", _block("\n".join(rows)), False))
+    missing = len(fields) - _fields(embed, fields)
+    footer = f"top {len(r.candidates[0]) if r.candidates else 0} candidates per {r.mask_token}"
+    embed.set_footer(text=footer + (f" · {missing} more masks in the attached file" if missing else ""))
+    return _finish(embed, safe(r.filled), ("fill-mask.txt", text_mask(r)), incomplete=bool(missing))
+
+
+def reply_translate(r: TranslateResult) -> Reply:
+    embed = _embed("Translation")
+    _fields(embed, [("Original", quote(r.source, 900), False)])
+    if r.chunks > 1:
+        embed.set_footer(text=f"long text: translated in {r.chunks} pieces")
+    return _finish(embed, safe(r.translation), ("translation.txt", r.translation))
+
+
 def reply_ask(r: AskResult) -> Reply:
+    question = ("Question", quote(r.question, 300), False)
     if not r.confident:
-        embed = _embed("No confident answer", "The context may not contain the answer. Try rephrasing the question.",
-                       color=0x95A5A6)
-        _field(embed, "Best guess", f"{safe(r.answer) or '-'} (score {r.score:.2f})")
-        return Reply(embeds=[embed])
-    embed = _embed(f"Answer: {r.answer[:200]}", "")
+        embed = _embed("No confident answer", GREY)
+        _fields(embed, [question, ("Best guess", f"{safe(r.answer) or '-'} (score {r.score:.2f})", False)])
+        return _finish(embed, "The context may not contain the answer. Try rephrasing the question.")
+    embed = _embed(f"Answer: {safe(r.answer)}")
+    _fields(embed, [question])
+    embed.set_footer(text=f"score {r.score:.2f} · characters {r.start}–{r.end} of the context")
     # Show the context around the answer, the answer in bold.
     start, end = max(0, r.start - 700), min(len(r.context), r.end + 700)
     around = (
         ("…" if start else "") + safe(r.context[start : r.start]) + f"**__{safe(r.context[r.start : r.end])}__**"
         + safe(r.context[r.end : end]) + ("…" if end < len(r.context) else "")
     )
-    embed.description = fit(around, DESCRIPTION_LIMIT)[0]
-    embed.set_footer(text=f"score {r.score:.2f} · characters {r.start}–{r.end} of the context")
-    return Reply(embeds=[embed])
+    return _finish(embed, around)
 
 
 def reply_ner(r: NerResult) -> Reply:
-    spans = [(e.start, e.end, f"`{e.label}`") for e in r.entities]
     pieces, cursor = [], 0
-    for start, end, tag in sorted(spans):
-        pieces += [safe(r.text[cursor:start]), f"**{safe(r.text[start:end])}**{tag}"]
-        cursor = end
+    for e in sorted(r.entities, key=lambda e: e.start):
+        pieces += [safe(r.text[cursor : e.start]), f"**{safe(r.text[e.start : e.end])}**`{e.label}`"]
+        cursor = e.end
     pieces.append(safe(r.text[cursor:]))
-    embed = _embed("Named entities", "".join(pieces) if r.entities else safe(r.text) + "\n\n*No entities found.*")
     by_label: dict[str, list[str]] = {}
     for e in r.entities:
         by_label.setdefault(e.label, []).append(f"{safe(e.word)} ({percent(e.score).strip()})")
-    for label, words in by_label.items():
-        _field(embed, f"{ENTITY_STYLE.get(label, '⬜')} {label}", ", ".join(words), inline=True)
-    return Reply(embeds=[embed])
+    embed = _embed("Named entities")
+    fields = [(f"{ENTITY_STYLE.get(label, '⬜')} {label}", ", ".join(words), True) for label, words in by_label.items()]
+    missing = len(fields) - _fields(embed, fields)
+    count = f"{len(r.entities)} entities" if r.entities else "No entities found."
+    embed.set_footer(text=count + (f" · {missing} more kinds in the attached file" if missing else ""))
+    return _finish(embed, "".join(pieces), ("entities.txt", text_ner(r)), incomplete=bool(missing))
 
 
 def reply_sentiment(r: SentimentResult) -> Reply:
-    width = max(len(label) for label in r.scores)
-    rows = [f"{label:<{width}} {bar(p)} {percent(p)}" for label, p in r.scores.items()]
-    embed = _embed(f"{r.label} ({percent(r.score).strip()})", _block("\n".join(rows)), COLORS.get(r.label, 0x5865F2))
-    return Reply(embeds=[embed])
+    ranked = list(r.scores.items())
+    if len(ranked) > MAX_LABELS:
+        ranked = sorted(ranked, key=lambda item: -item[1])[:MAX_LABELS]
+    width = min(24, max(len(label) for label, _ in ranked))
+    rows = [f"{label[:24]:<{width}} {bar(p)} {percent(p)}" for label, p in ranked]
+    if len(r.scores) > len(ranked):
+        rows.append(f"… and {len(r.scores) - len(ranked)} less likely labels")
+    embed = _embed(f"{safe(r.label)} ({percent(r.score).strip()})", COLORS.get(r.label, BLURPLE))
+    return _finish(embed, _block("\n".join(rows), DESCRIPTION_LIMIT))
 
 
 def reply_embed(r: EmbedResult) -> Reply:
-    embed = _embed("Embedding", "Mean-pooled last hidden state, L2-normalized.")
-    _field(embed, "dimension", str(r.dim), inline=True)
-    _field(embed, "norm before normalizing", f"{r.norm:.4f}", inline=True)
+    embed = _embed("Embedding")
+    fields = [("dimension", str(r.dim), True), ("norm before normalizing", f"{r.norm:.4f}", True)]
     if r.similarity is not None:
-        _field(embed, "cosine similarity", f"**{r.similarity:+.4f}**", inline=True)
-    _field(embed, "first values", _block(", ".join(f"{v:+.4f}" for v in r.vector[:8]) + ", …"))
+        fields.append(("cosine similarity", f"**{r.similarity:+.4f}**", True))
+    fields.append(("first values", _block(", ".join(f"{v:+.4f}" for v in r.vector[:8]) + ", …"), False))
+    _fields(embed, fields)
+    reply = _finish(embed, "Mean-pooled last hidden state, L2-normalized. The full vector is attached.")
     payload = {"dimension": r.dim, "norm": r.norm, "vector": r.vector}
     if r.other_vector is not None:
         payload.update(other_vector=r.other_vector, cosine_similarity=r.similarity)
-    return Reply(embeds=[embed], files=[("embedding.json", json.dumps(payload).encode())])
+    reply.files.append(("embedding.json", json.dumps(payload).encode()))
+    return reply
 
 
 DISCORD_RENDERERS: dict[type, Callable[[Any], Reply]] = {

@@ -36,7 +36,7 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    discord_token: str | None = None
+    discord_token: str | None = field(default=None, repr=False)  # never in a repr, hence never in a log
     discord_guild_id: int | None = None
     checkpoints: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CHECKPOINTS))
     device: str = "auto"
@@ -65,6 +65,10 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "text"
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    log_user_salt: str = field(default="", repr=False)  # empty: a random salt per start
+    shutdown_grace: float = 10.0
+    shards: int | str | None = None  # None: one gateway connection; "auto": Discord's count; N: N shards
 
     def batch_limits(self, on_gpu: bool) -> tuple[int, int]:
         """(max batch size, padded-token budget) for the device, settings winning over defaults.
@@ -137,6 +141,24 @@ def _id_list(env: Mapping[str, str], name: str) -> tuple[int, ...]:
         raise SettingsError(f"{name}={raw!r} is invalid: expected comma-separated Discord ids") from None
 
 
+def _shards(env: Mapping[str, str]) -> int | str | None:
+    raw = env.get("SHARDS", "").strip().lower()
+    if not raw:
+        return None
+    if raw == "auto":
+        return "auto"
+    if not raw.isdigit() or int(raw) < 1:
+        raise SettingsError(f"SHARDS={raw!r} is invalid: expected empty (one connection), auto or an integer >= 1")
+    return int(raw)
+
+
+def _host(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip() or default
+    if any(c.isspace() for c in value):
+        raise SettingsError(f"{name}={value!r} is invalid: expected an address to listen on, e.g. 127.0.0.1 or 0.0.0.0")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from `env` (default: os.environ, which the entry point fills from `.env`)."""
     env = os.environ if env is None else env
@@ -177,4 +199,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=log_level,
         log_format=_choice(env, "LOG_FORMAT", "text", LOG_FORMATS),
         metrics_port=_int(env, "METRICS_PORT", None, low=1, high=65535),
+        metrics_host=_host(env, "METRICS_HOST", "127.0.0.1"),
+        log_user_salt=env.get("LOG_USER_SALT", "").strip(),
+        shutdown_grace=_float(env, "SHUTDOWN_GRACE", 10.0),
+        shards=_shards(env),
     )

@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 NO_PINGS = discord.AllowedMentions.none()
 
 
+class NotOwner(app_commands.CheckFailure):
+    """An owner-only command was used by someone who is not in OWNER_IDS."""
+
+
 def user_message(error: BaseException) -> str | None:
     """The reply for an expected error, or None when it is a bug."""
     if isinstance(error, (QueueFull, RateLimited)):
@@ -27,10 +31,12 @@ def user_message(error: BaseException) -> str | None:
         return f"⚠️ {error}"
     if isinstance(error, app_commands.NoPrivateMessage):
         return "⚠️ This command works in a server only."
-    if isinstance(error, app_commands.CheckFailure):
+    if isinstance(error, NotOwner):
         return "⛔ Only the bot's owners can use this command."
+    if isinstance(error, app_commands.CheckFailure):
+        return "⛔ You can't use this command here."
     if isinstance(error, app_commands.TransformerError):
-        return f"⚠️ `{error.value!r}` is not a valid value here."
+        return f"⚠️ `{str(error.value)[:100].replace('`', '')}` is not a valid value here."
     if isinstance(error, app_commands.CommandSignatureMismatch):
         return "⚠️ This command changed since your client loaded it. Reload Discord (Ctrl+R) and try again."
     return None

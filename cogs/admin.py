@@ -11,23 +11,22 @@ from discord.ext import commands
 
 from bot.errors import InputError, ModelUnavailable
 from bot.tasks import TASKS
-from bot.tree import NO_PINGS
+from bot.tree import NO_PINGS, NotOwner
 
 log = logging.getLogger(__name__)
 
 
-def owner_only():
-    async def predicate(interaction: discord.Interaction) -> bool:
-        return interaction.user.id in interaction.client.owner_id_set
-
-    return app_commands.check(predicate)
-
-
-@owner_only()
 class Admin(commands.GroupCog, group_name="admin", group_description="Owner-only bot administration"):
     def __init__(self, bot) -> None:
         self.bot = bot
         super().__init__()
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        # discord.py runs a GroupCog's interaction_check before each of its subcommands; a check
+        # decorator on the class would be silently ignored.
+        if interaction.user.id not in self.bot.owner_id_set:
+            raise NotOwner()
+        return True
 
     @app_commands.command(name="reload", description="Switch a task to another allow-listed checkpoint")
     @app_commands.describe(task="Which command's model", checkpoint="A checkpoint from ADMIN_CHECKPOINTS (empty: reload the current one)")
@@ -39,7 +38,8 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Owner-only
         target = checkpoint or backend.checkpoints[task]
         allowed = set(self.bot.settings.admin_checkpoints) | {self.bot.settings.checkpoints[task]}
         if target not in allowed:
-            raise InputError(f"`{target}` is not in ADMIN_CHECKPOINTS; add it there first.")
+            shown = target[:200].replace("`", "")
+            raise InputError(f"`{shown}` is not in ADMIN_CHECKPOINTS; add it there first.")
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             # The old model keeps serving until the new one is loaded.

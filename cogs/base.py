@@ -19,7 +19,7 @@ import discord
 from discord.ext import commands
 
 from bot.errors import Cancelled, RateLimited
-from bot.render import Reply, as_reply, reply_generate
+from bot.render import Reply, as_reply, prepend, reply_generate
 from bot.tasks.generate import GenerateResult
 from bot.tree import NO_PINGS
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 MAX_TEXT = 6000  # Discord's limit for a string option; MAX_INPUT_CHARS is checked again server-side
 SHOW_QUEUE_AFTER = 1.0  # seconds a job may wait before the reply shows its place in line
 UPDATE_EVERY = 1.0  # at most one edit per second per message
+ETA_STEP = 5  # seconds: the shown start time moves in steps of this, so a steady queue needs no edits
 TOKEN_LIFETIME = 15 * 60 - 30  # interaction tokens last 15 minutes; keep a margin
 ENQUEUE_GRACE = 2.0  # Discord wants an answer within 3 s; defer if validation takes longer
 EXPIRED_CODES = {10062, 10015, 50027}  # unknown interaction, unknown webhook, invalid webhook token
@@ -111,14 +112,17 @@ class TaskCog(commands.Cog):
             await interaction.response.defer(thinking=True)
         job = await enqueue  # InputError, QueueFull, … go to the tree's error handler
         if not interaction.response.is_done():
-            await interaction.response.defer(thinking=True)
+            try:
+                await interaction.response.defer(thinking=True)
+            except discord.HTTPException:  # answered too late (10062): Discord told the user it failed
+                bot.executor.cancel(job.id)
+                raise
         try:
             result = await self._wait(interaction, job)
         except Cancelled as cancelled:
             partial = cancelled.partial
             reply = reply_generate(partial) if isinstance(partial, GenerateResult) else Reply()
-            reply.content = "🛑 Cancelled." + (f"\n{reply.content}" if reply.content else "")
-            await deliver(interaction, reply, task)
+            await deliver(interaction, prepend(reply, "🛑 Cancelled."), task)
             return
         except asyncio.CancelledError:
             bot.executor.cancel(job.id)
@@ -154,7 +158,10 @@ class TaskCog(commands.Cog):
             place, eta = self.bot.executor.position(job)
             if place == 0:
                 return None
-            return f"⏳ You are **#{place}** in line for /{job.task}; it should start <t:{int(time.time() + eta) + 1}:R>."
+            # Discord counts the relative time down itself: rounding the target keeps the text (and
+            # so the message) unchanged while only the clock moves.
+            start = -(-int(time.time() + eta) // ETA_STEP) * ETA_STEP
+            return f"⏳ You are **#{place}** in line for /{job.task}; it should start <t:{start}:R>."
         if isinstance(job.partial, str) and job.task == "generate":
             request = job.prepared.request
             partial = GenerateResult(request.prompt, job.partial, 0, "…", request.seed)
@@ -181,15 +188,14 @@ async def deliver(interaction: discord.Interaction, reply: Reply, task: str) -> 
             if getattr(err, "code", None) not in EXPIRED_CODES:
                 raise
     user = interaction.user
-    header = f"{user.mention}, here is your /{task} result (the original reply expired):"
-    content = header + (f"\n{reply.content}" if reply.content else "")
+    late = prepend(reply, f"{user.mention}, here is your /{task} result (the original reply expired):")
     only_them = discord.AllowedMentions(everyone=False, roles=False, users=[user], replied_user=False)
     channel = interaction.channel
     if channel is not None:
         try:
-            await channel.send(content=content[:2000], embeds=reply.embeds, files=discord_files(reply),
+            await channel.send(content=late.content, embeds=late.embeds, files=discord_files(late),
                                allowed_mentions=only_them)
             return
         except discord.HTTPException as err:
             log.info("Could not post the late /%s result in the channel (%s); sending a DM", task, err)
-    await user.send(content=content[:2000], embeds=reply.embeds, files=discord_files(reply), allowed_mentions=NO_PINGS)
+    await user.send(content=late.content, embeds=late.embeds, files=discord_files(late), allowed_mentions=NO_PINGS)

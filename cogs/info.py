@@ -20,6 +20,14 @@ COMMAND_USAGE = {
 }
 
 
+def _count(n: int) -> str:
+    """124M, 1.3B, 215K: a parameter count at a glance."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)
+
+
 def _duration(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -36,7 +44,7 @@ class Info(commands.Cog):
         embed = discord.Embed(title="Models", color=0x5865F2)
         for row in self.bot.executor.backend.describe():
             state = "loaded" if row["loaded"] else "loads on first use"
-            params = f" · {row['parameters'] / 1e6:.0f}M parameters" if row["parameters"] else ""
+            params = f" · {_count(row['parameters'])} parameters" if row["parameters"] else ""
             shared = f" · shares weights with /{', /'.join(row['shared_with'])}" if row["shared_with"] and row["loaded"] else ""
             embed.add_field(
                 name=f"/{row['task']}",

@@ -78,8 +78,8 @@ class LocalBackend:
 
     # -- tokenizers and models ----------------------------------------------------------------
 
-    def tokenizer(self, task: str) -> tuple[Any, ModelInfo]:
-        checkpoint = self.checkpoints[task]
+    def tokenizer(self, task: str, checkpoint: str | None = None) -> tuple[Any, ModelInfo]:
+        checkpoint = checkpoint or self.checkpoints[task]
         with self._lock:
             if checkpoint in self._tokenizers:
                 return self._tokenizers[checkpoint], self._infos[checkpoint]
@@ -92,9 +92,9 @@ class LocalBackend:
             self._tokenizers[checkpoint], self._infos[checkpoint] = tokenizer, info
         return tokenizer, info
 
-    def acquire(self, task: str) -> LoadedModel:
+    def acquire(self, task: str, checkpoint: str | None = None) -> LoadedModel:
         """The loaded model for a task (loading it on first use); pair with release()."""
-        key = self._key(task)
+        key = self._key(task, checkpoint)
         with self._lock:
             load_lock = self._load_locks.setdefault(key, threading.Lock())
         with load_lock:  # two tasks sharing a checkpoint must not load it twice
@@ -119,15 +119,12 @@ class LocalBackend:
             return self._key(task) in self._models
 
     def set_checkpoint(self, task: str, checkpoint: str) -> None:
-        """Point a task at another checkpoint, loading it first; the old one serves until then."""
-        previous = self.checkpoints[task]
-        self.checkpoints[task] = checkpoint
-        try:
-            self.tokenizer(task)
-            self.release(self.acquire(task))
-        except Exception:
-            self.checkpoints[task] = previous
-            raise
+        """Point a task at another checkpoint. The new one is loaded first; requests keep using the
+        old one until the switch, and a failure leaves the task as it was."""
+        self.tokenizer(task, checkpoint)
+        self.release(self.acquire(task, checkpoint))
+        with self._lock:
+            self.checkpoints[task] = checkpoint
         self._enforce_budget(keep=self._key(task))
 
     def unload(self, key: tuple[str, str]) -> None:
@@ -173,10 +170,10 @@ class LocalBackend:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _key(self, task: str) -> tuple[str, str]:
+    def _key(self, task: str, checkpoint: str | None = None) -> tuple[str, str]:
         """Load key (checkpoint, class). The AutoModel task rides on a head model of the same
         checkpoint when one is configured (bert-base-uncased serves /mask and /embed once)."""
-        checkpoint = self.checkpoints[task]
+        checkpoint = checkpoint or self.checkpoints[task]
         class_name = TASKS[task].auto_class_name
         if class_name == BASE_CLASS:
             for other, ckpt in self.checkpoints.items():

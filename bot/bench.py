@@ -320,7 +320,7 @@ async def bench_generate(checkpoint, settings, args, rng) -> list[str]:
     from bot.executor import Executor
 
     naive = Naive("generate", checkpoint)
-    prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))) for _ in range(64)]
+    prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))) for _ in range(128)]
     settings = dataclasses.replace(
         settings, checkpoints=dict(settings.checkpoints, generate=str(checkpoint)), device="cpu",
         max_queued_per_user=10_000, queue_size_per_model=10_000, queue_size_total=10_000,
@@ -346,7 +346,7 @@ async def bench_generate(checkpoint, settings, args, rng) -> list[str]:
     base, _, _ = await measure(naive, 1, 4)
     rows.append(f"| generate (naive, one at a time) | 1 | {base:.1f} | 1.00× | | |")
     for streams in [int(s) for s in args.generate_streams.split(",")]:
-        rate, p50, lag = await measure(ours, streams, max(4, 2 * streams))
+        rate, p50, lag = await measure(ours, streams, 4 * streams)  # four rounds: past the start-up
         rows.append(f"| generate (executor) | {streams} | {rate:.1f} | **{rate / base:.2f}×** | {p50:.2f} s | {_ms(lag)} |")
     await executor.shutdown()
     return rows

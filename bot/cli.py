@@ -56,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from dotenv import load_dotenv
+        from dotenv import find_dotenv, load_dotenv
 
-        load_dotenv(override=False)  # variables already in the environment win
+        # The .env of the working directory (or a parent); variables already in the environment win.
+        load_dotenv(find_dotenv(usecwd=True), override=False)
         settings = load_settings()
     except SettingsError as err:
         return _fail(str(err), EXIT_USAGE)

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 WINDOW_FACTOR = 4  # a batch is cut from up to this many times max_batch_size queued jobs
 SETTLE = 0.05  # after a batch, wait at most this fraction of its duration for its users to come back
-MAX_PADDING = 0.2  # at most this much padding on top of the real tokens of a batch
+IDLE_SETTLE = 0.4  # assumed batch duration (s) before any was measured: waits at most 20 ms
 EWMA = 0.2  # weight of the newest batch in the service-time estimate
 
 
@@ -87,6 +87,7 @@ class Lane:
         self.by_user: dict[int, deque[Job]] = {}
         self.last_served: dict[int, float] = {}
         self.depth = 0
+        self.preparing = 0  # requests received and being tokenized, about to join the queue
         self.running: list[Job] = []
         self.stats = LaneStats()
 
@@ -132,10 +133,10 @@ class Lane:
         return 0
 
 
-def cut_batch(window: list[Job], max_size: int, budget: int) -> list[Job]:
+def cut_batch(window: list[Job], max_size: int, budget: int, max_padding: float = 0.2) -> list[Job]:
     """The batch to run next: the window's first job (the anchor) plus the jobs nearest to it in
     length, while rows × padded length stays within `budget` tokens and padding stays under
-    MAX_PADDING of the real tokens (padding is computed like real tokens, and wasted)."""
+    `max_padding` of the real tokens (padding is computed like real tokens, and wasted)."""
     anchor = window[0]
     ordered = sorted(window, key=lambda j: j.prepared.sort_key)
     low = high = ordered.index(anchor)
@@ -145,7 +146,7 @@ def cut_batch(window: list[Job], max_size: int, budget: int) -> list[Job]:
         new_rows = rows + len(job.prepared.rows)
         width = max(longest, job.prepared.longest)
         within_budget = new_rows * (-(-width // 8) * 8) <= budget
-        little_padding = new_rows * width <= (1 + MAX_PADDING) * (real + job.prepared.cost)
+        little_padding = new_rows * width <= (1 + max_padding) * (real + job.prepared.cost)
         return within_budget and little_padding
 
     while high - low + 1 < max_size:
@@ -172,7 +173,8 @@ class Executor:
         self.backend = backend
         self.max_batch_size, self.batch_token_budget = settings.batch_limits(backend.on_gpu)
         self.lanes = {task: Lane(task) for task in TASKS}
-        self.outcomes: Counter[tuple[str, str]] = Counter()
+        self.outcomes: Counter[tuple[str, str]] = Counter()  # accepted jobs, by how they ended
+        self.refused: Counter[tuple[str, str]] = Counter()  # requests refused before queueing, by reason
         self.started_at = time.time()
         self._ids = itertools.count(1)
         self._jobs: dict[int, Job] = {}
@@ -254,10 +256,22 @@ class Executor:
         """Validate, tokenize and queue a request. Fails at once when full or invalid."""
         if task not in self.lanes:
             raise InputError(f"Unknown task {task!r}.")
-        self._check_capacity(task, user_id)
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._prep_pool, self.backend.prepare, task, request)
         lane = self.lanes[task]
+        try:
+            self._check_capacity(task, user_id)
+            with lane.cond:
+                lane.preparing += 1
+            try:
+                prepared = await loop.run_in_executor(self._prep_pool, self.backend.prepare, task, request)
+            finally:
+                with lane.cond:
+                    lane.preparing -= 1
+                    lane.cond.notify()
+            self._check_capacity(task, user_id)  # tokenizing took time; others may have filled the queue
+        except BotError as err:
+            self.refused[(task, type(err).__name__)] += 1
+            raise
         now = time.monotonic()
         job = Job(
             id=next(self._ids),
@@ -269,7 +283,6 @@ class Executor:
             deadline=now + (timeout or self.settings.request_timeout),
             on_progress=on_progress,
         )
-        self._check_capacity(task, user_id)  # tokenizing took time; others may have filled the queue
         self._jobs[job.id] = job
         self._per_user[user_id] += 1
         with lane.cond:
@@ -308,7 +321,10 @@ class Executor:
             running_since = lane.running[0].started_at if lane.running else None
         if place == 0:
             return 0, 0.0
-        per_batch = max(lane.stats.batch_seconds, 0.05)
+        # Before the first batch has finished there is no measurement: assume it takes as long as
+        # the running one has so far, and at least a second.
+        elapsed = time.monotonic() - running_since if running_since else 0.0
+        per_batch = lane.stats.batch_seconds if lane.stats.batches else max(1.0, elapsed)
         batches_ahead = (place - 1) // max(1, round(lane.stats.batch_size))
         current = max(0.0, per_batch - (time.monotonic() - running_since)) if running_since else 0.0
         return place, current + batches_ahead * per_batch
@@ -337,6 +353,7 @@ class Executor:
             "queued": sum(lane["queued"] for lane in lanes.values()),
             "lanes": lanes,
             "outcomes": dict(self.outcomes),
+            "refused": dict(self.refused),
             "models": self.backend.describe(),
             "memory": self.backend.memory(),
         }
@@ -355,7 +372,7 @@ class Executor:
         if lane.depth >= self.settings.queue_size_per_model or total >= self.settings.queue_size_total:
             wait = self._drain_estimate(lane)
             raise QueueFull(
-                f"The bot is busy ({lane.depth} /{task} requests waiting, {total} in all). Try again in about {wait:.0f} s.",
+                f"The bot is busy ({lane.depth} /{task} requests waiting, {total} in all). Try again soon.",
                 retry_after=wait,
             )
         if self._per_user[user_id] >= self.settings.max_queued_per_user:
@@ -371,17 +388,20 @@ class Executor:
     def _work(self, lane: Lane) -> None:
         """Worker thread of one lane: form a batch as soon as there is work, run it, repeat.
 
-        One exception to "as soon as": right after a batch, while fewer jobs are queued than that
-        batch held, wait at most SETTLE of its duration for them. The users it just answered are
-        sending their next requests this very moment; without the pause the worker would take the
-        first one alone and the batch would split in two, for good (a closed loop keeps the split).
+        One exception to "as soon as": requests that have already arrived may still be joining
+        (being tokenized, or, right after a batch, being sent again by the users it just answered).
+        The worker waits for them, at most SETTLE of a batch's duration; without the pause it would
+        take the first one alone, and under a steady load the batch would stay split in two.
         """
         last_size, settle_until = 0, 0.0
         while True:
             with lane.cond:
                 while lane.depth == 0 and not self._stopping:
                     lane.cond.wait()
-                while not self._stopping and lane.depth < last_size:
+                if time.monotonic() > settle_until:  # woken from idle: wait only for a burst being tokenized
+                    last_size = 0
+                    settle_until = time.monotonic() + SETTLE * max(lane.stats.batch_seconds, IDLE_SETTLE)
+                while not self._stopping and (lane.depth < last_size or lane.preparing):
                     remaining = settle_until - time.monotonic()
                     if remaining <= 0:
                         break
@@ -416,7 +436,7 @@ class Executor:
                     window.append(job)
         if not window:
             return [], dropped
-        batch = cut_batch(window, self.max_batch_size, self.batch_token_budget)
+        batch = cut_batch(window, self.max_batch_size, self.batch_token_budget, TASKS[lane.task].max_padding)
         for job in batch:
             lane.remove(job)
             job.started_at = now
@@ -484,10 +504,10 @@ class Executor:
 
     def _finish(self, job: Job, result: Any = None, error: BaseException | None = None) -> None:
         """Resolve a job exactly once, on the event loop (safe to call from any thread)."""
-        if error is None and getattr(result, "finish_reason", None) == "cancelled":
-            error = Cancelled(partial=result) if job.cancelled else DeadlineExceeded(
-                "Your request ran past its time limit and was stopped."
-            )
+        if error is None and job.cancelled:  # cancelled while running: the user asked not to see it
+            error = Cancelled(partial=result)
+        elif error is None and getattr(result, "finish_reason", None) == "cancelled":
+            error = DeadlineExceeded("Your request ran past its time limit and was stopped.")
 
         def resolve() -> None:
             if job.future.done():

@@ -25,7 +25,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
     from bot.client import AutoModelBot
@@ -162,6 +162,12 @@ class _StateCollector:
             ["task"],
             [([task], lane["running"]) for task, lane in lanes.items()],
         )
+        refused = CounterMetricFamily(
+            "automodel_refused_requests", "Requests refused before queueing (invalid, too long, busy)", labels=["task", "reason"]
+        )
+        for (task, reason), count in snapshot.get("refused", {}).items():
+            refused.add_metric([task, reason], count)
+        yield refused
         models = snapshot["models"]
         yield _gauge(
             "automodel_model_loaded",

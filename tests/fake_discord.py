@@ -133,6 +133,7 @@ class RequestRecord:
     status: int = 0  # 0 while being handled
     response: Any = None
     injected: bool = False  # answered by fail_next(), not by the fake's logic
+    at: float = field(default_factory=time.monotonic)  # when the fake received it (time.monotonic())
 
     @property
     def route(self) -> str:
@@ -246,6 +247,7 @@ class FakeInteraction:
         self.id = int(payload["id"])
         self.token: str = payload["token"]
         self.target = target  # the message a component belongs to
+        self.sent_at = time.monotonic()  # when the fake sent INTERACTION_CREATE (for ack latency)
         self.expired = False
         self.callback: RequestRecord | None = None  # the latest callback attempt
         self.callback_type: int | None = None  # set once a callback succeeded
@@ -1158,7 +1160,7 @@ class PlaceholderExecutor:
     async def start(self) -> None:
         self.running = True
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, grace: float = 10.0) -> None:
         self.running = False
 
 

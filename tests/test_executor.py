@@ -332,3 +332,41 @@ async def test_invalid_input_is_refused_before_queueing(tiny_settings, real_back
         assert executor.snapshot()["queued"] == 0
     finally:
         await executor.shutdown()
+
+
+async def test_cancelling_a_running_job_ends_it_as_cancelled(tiny_settings, real_backend):
+    backend = InjectingBackend(real_backend)
+    executor = await started(tiny_settings, backend)
+    try:
+        backend.gate.clear()
+        job = await executor.enqueue("sentiment", SentimentRequest("already running"))
+        while job.state != "running":
+            await asyncio.sleep(0.001)
+        assert executor.cancel(job.id)
+        backend.gate.set()
+        with pytest.raises(Cancelled) as cancelled:
+            await executor.wait(job)
+        assert cancelled.value.partial is not None  # computed, but the user asked not to see it
+    finally:
+        await executor.shutdown()
+
+
+async def test_refused_requests_are_counted_by_reason(tiny_settings, real_backend):
+    executor = await started(tiny_settings, real_backend)
+    try:
+        with pytest.raises(InputError):
+            await executor.enqueue("sentiment", SentimentRequest(""))
+        assert executor.snapshot()["refused"] == {("sentiment", "InputError"): 1}
+        assert executor.snapshot()["outcomes"] == {}
+    finally:
+        await executor.shutdown()
+
+
+def test_a_failed_checkpoint_swap_leaves_the_task_as_it_was(tiny_settings, tiny_checkpoints):
+    backend = LocalBackend(tiny_settings)
+    before = backend.checkpoints["sentiment"]
+    with pytest.raises(ModelUnavailable):
+        backend.set_checkpoint("sentiment", "/nonexistent/checkpoint")
+    assert backend.checkpoints["sentiment"] == before
+    backend.set_checkpoint("sentiment", str(tiny_checkpoints["ask"]))  # loads first, then switches
+    assert backend.checkpoints["sentiment"] == str(tiny_checkpoints["ask"]) and backend.is_loaded("sentiment")

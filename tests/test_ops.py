@@ -193,8 +193,11 @@ async def test_health_readiness_and_metrics_of_a_connected_bot(fake_discord, dis
 
     interaction = await fake_discord.invoke_slash("sentiment", {"text": "I love this"})
     await interaction.wait_final(30, until=lambda m: bool(m.embeds))
+    refused = await fake_discord.invoke_slash("mask", {"text": "no mask here"})
+    await refused.wait_final(30)
     status, metrics = await get(discord_bot, "/metrics")
     assert status == 200
+    assert sample(metrics, "automodel_refused_requests_total", task="mask", reason="InputError") == 1
     assert sample(metrics, "automodel_requests_total", task="sentiment", outcome="ok") == 1
     assert sample(metrics, "automodel_queue_wait_seconds_count", task="sentiment") == 1
     assert sample(metrics, "automodel_compute_seconds_count", task="sentiment") == 1

@@ -16,7 +16,7 @@ from bot.tasks import TASKS, BatchContext
 from bot.tasks.ask import AskRequest
 from bot.tasks.embed import EmbedRequest
 from bot.tasks.generate import GenerateRequest
-from bot.tasks.mask import MaskRequest
+from bot.tasks.mask import MaskRequest, _token_text
 from bot.tasks.ner import NerRequest, group_entities
 from bot.tasks.sentiment import SentimentRequest
 from bot.tasks.translate import TranslateRequest, pack_chunks
@@ -94,6 +94,12 @@ def test_mask_spellings_and_top_k(backend, spelling):
         assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
     assert result.mask_token not in result.filled
     assert result.filled.startswith("Paris is the ")
+
+
+def test_mask_candidates_drop_the_wordpiece_mark(backend):
+    tokenizer, _ = backend.tokenizer("mask")
+    piece = next(t for t in tokenizer.get_vocab() if t.startswith("##") and len(t) > 2)
+    assert _token_text(tokenizer, tokenizer.convert_tokens_to_ids(piece)) == piece[2:]
 
 
 def test_mask_input_errors(backend):
@@ -191,6 +197,12 @@ def test_generate_seed_reproduces_whatever_the_batch(backend):
     assert alone.seed == 1234 and 0 < alone.tokens <= 12
     other = run(backend, "generate", [GenerateRequest("The weather today", 12, temperature=1.0, top_p=0.9, seed=99)])[0]
     assert other.seed == 99
+
+
+def test_generation_counts_its_new_tokens_in_the_batch_cost(backend):
+    prepared = backend.prepare("generate", GenerateRequest("Hello there", 40, seed=1))
+    prompt = len(prepared.rows[0]["input_ids"])
+    assert prepared.cost == prepared.longest == prompt + 40
 
 
 def test_generate_respects_each_rows_budget(backend):

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from bot.settings import Settings
 
 # Control characters (NUL included) can't be shown and confuse tokenizers; newlines and tabs stay.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Lone surrogates (JSON can carry "\ud800") are not text at all: tokenizers and UTF-8 refuse them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
 
 
 @dataclass
@@ -31,15 +32,16 @@ class Prepared:
     rows: list[dict[str, list[int]]]
     extra: dict[str, Any] = field(default_factory=dict)
     sort_key: int = 0
+    generated: int = 0  # tokens each row will also produce (generation): they cost like input tokens
 
     @property
     def cost(self) -> int:
         """Tokens this request adds to a batch, used for the padded-token budget."""
-        return sum(len(row["input_ids"]) for row in self.rows)
+        return sum(len(row["input_ids"]) + self.generated for row in self.rows)
 
     @property
     def longest(self) -> int:
-        return max(len(row["input_ids"]) for row in self.rows)
+        return max(len(row["input_ids"]) for row in self.rows) + self.generated
 
 
 @dataclass
@@ -76,6 +78,9 @@ class Task:
     auto_class_name: ClassVar[str]  # e.g. "AutoModelForSequenceClassification"
     summary: ClassVar[str]  # one line for /help and `automodel-bot models`
     sample: ClassVar[Any]  # a request used for warm-up and examples
+    # Padding a batch may carry, as a fraction of its real tokens: padded positions are computed
+    # like real ones, so more padding buys a bigger batch at the price of wasted work.
+    max_padding: ClassVar[float] = 0.2
 
     @property
     def auto_class(self) -> type:
@@ -94,7 +99,7 @@ def clean_text(text: Any, settings: Settings, what: str = "text") -> str:
     """Normalize user text; empty or over-long input is an InputError with what to change."""
     if not isinstance(text, str):
         raise InputError(f"The {what} must be text.")
-    text = _CONTROL.sub("", unicodedata.normalize("NFC", text)).strip()
+    text = unicodedata.normalize("NFC", _CONTROL.sub("", text)).strip()
     if not text or not any(ch.isprintable() and not ch.isspace() for ch in text):
         raise InputError(f"The {what} is empty: type something for the model to read.")
     if len(text) > settings.max_input_chars:
@@ -112,8 +117,22 @@ def check_fits(length: int, info: ModelInfo, what: str = "text") -> None:
 
 
 def check_range(name: str, value: float, low: float, high: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InputError(f"`{name}` must be a number.")
     if not (low <= value <= high):  # also rejects NaN
-        raise InputError(f"`{name}` must be between {low:g} and {high:g} (got {value!r}).")
+        raise InputError(f"`{name}` must be between {_number(low)} and {_number(high)} (got {_shown(value)}).")
+
+
+def _number(value: float) -> str:
+    """1, 200, 2147483647, 0.01: bounds as people write them (no exponent for whole numbers)."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _shown(value: float) -> str:
+    """An out-of-range value echoed back, kept short (Discord's ints reach 2**53; anyone can send more)."""
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"a number of {len(str(value)) if value.bit_length() < 10_000 else 'thousands of'} digits"
+    return repr(value)[:40]
 
 
 def encoding_row(encoding: Any, index: int | None = None) -> dict[str, list[int]]:

@@ -56,6 +56,8 @@ class GenerateTask(Task):
     auto_class_name = "AutoModelForCausalLM"
     summary = "Continues your prompt with generated text."
     sample = GenerateRequest("Hello, I'm a language model,", max_new_tokens=8, seed=0)
+    # Decoding steps dominate and padding only lengthens the prompt: batch more freely.
+    max_padding = 0.5
 
     def prepare(self, request, tokenizer, info: ModelInfo, settings) -> Prepared:
         prompt = clean_text(request.prompt, settings, what="prompt")
@@ -75,7 +77,9 @@ class GenerateTask(Task):
             bool(request.do_sample and request.temperature > 0),
         )
         # Batches group requests of similar max_new_tokens first, then similar prompt length.
-        return Prepared(clean, [row], sort_key=clean.max_new_tokens * 100_000 + len(row["input_ids"]))
+        return Prepared(
+            clean, [row], sort_key=clean.max_new_tokens * 100_000 + len(row["input_ids"]), generated=clean.max_new_tokens
+        )
 
     def predict(self, model, tokenizer, batch, ctx: BatchContext) -> list[GenerateResult]:
         requests = [p.request for p in batch]

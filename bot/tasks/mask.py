@@ -75,12 +75,18 @@ class MaskTask(Task):
         for prepared, count in zip(batch, per_row):
             k = prepared.request.top_k
             candidates = [
-                [Candidate(tokenizer.decode([t]).strip(), p) for t, p in zip(ids[m][:k], probs[m][:k])]
+                [Candidate(_token_text(tokenizer, t), p) for t, p in zip(ids[m][:k], probs[m][:k])]
                 for m in range(cursor, cursor + count)
             ]
             cursor += count
             results.append(_result(prepared.request.text, tokenizer.mask_token, candidates))
         return results
+
+
+def _token_text(tokenizer, token_id: int) -> str:
+    """A candidate as a reader wants it: WordPiece's "##" continuation mark dropped."""
+    text = tokenizer.decode([token_id]).strip()
+    return text[2:] if text.startswith("##") and len(text) > 2 else text
 
 
 def normalize_masks(text: str, mask_token: str) -> str:

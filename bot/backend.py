@@ -85,8 +85,9 @@ class LocalBackend:
                 return self._tokenizers[checkpoint], self._infos[checkpoint]
         from transformers import AutoConfig, AutoTokenizer
 
-        tokenizer = _load(task, checkpoint, AutoTokenizer.from_pretrained, checkpoint)
-        config = _load(task, checkpoint, AutoConfig.from_pretrained, checkpoint)
+        # trust_remote_code=False, not transformers' default None (which may ask on stdin).
+        tokenizer = _load(task, checkpoint, AutoTokenizer.from_pretrained, checkpoint, trust_remote_code=False)
+        config = _load(task, checkpoint, AutoConfig.from_pretrained, checkpoint, trust_remote_code=False)
         info = ModelInfo(max_length=_max_length(tokenizer, config))
         with self._lock:
             self._tokenizers[checkpoint], self._infos[checkpoint] = tokenizer, info

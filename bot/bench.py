@@ -209,8 +209,8 @@ class Naive:
         from bot.tasks import TASKS
 
         self.task = task
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        self.model = TASKS[task].auto_class.from_pretrained(checkpoint).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=False)
+        self.model = TASKS[task].auto_class.from_pretrained(checkpoint, trust_remote_code=False).eval()
         if quantize:
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         self.lock = threading.Lock()
@@ -356,8 +356,8 @@ def bench_continuous(checkpoint: Path, new_tokens: int, rng: random.Random) -> l
     """Batched generate() against a warm, persistent ContinuousBatchingManager on the same prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=False).eval()
     prompts = [tokenizer(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))))["input_ids"] for _ in range(16)]
     pad = tokenizer.eos_token_id
 

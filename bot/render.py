@@ -126,7 +126,9 @@ COLORS = {"POSITIVE": 0x2ECC71, "NEGATIVE": 0xE74C3C}
 BLURPLE, GREY = 0x5865F2, 0x95A5A6
 ENTITY_STYLE = {"PER": "🟦", "ORG": "🟧", "LOC": "🟩", "MISC": "🟪"}
 ZERO_WIDTH = "\u200b"
-CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # newlines and tabs stay
+# Newlines and tabs stay. Also dropped: bidi embeddings and overrides (U+202A-U+202E), which would
+# reverse the bot's own text after them, and lone surrogates, which are not text (and not UTF-8).
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\ud800-\udfff]")
 
 
 @dataclasses.dataclass
@@ -162,7 +164,7 @@ def tail(text: str, limit: int) -> str:
 
 def safe(text: str) -> str:
     """User or model text shown back: markdown and mentions neutralized (nothing pings or formats),
-    control characters (which byte-level models can emit) dropped."""
+    control characters (which byte-level models can emit) and bidi overrides dropped."""
     text = CONTROL.sub("", text)
     text = discord.utils.escape_markdown(text, ignore_links=False)
     text = discord.utils.escape_mentions(text)

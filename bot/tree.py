@@ -21,6 +21,37 @@ class NotOwner(app_commands.CheckFailure):
     """An owner-only command was used by someone who is not in OWNER_IDS."""
 
 
+class InvalidOption(app_commands.AppCommandError):
+    """An option outside what its command declares. Discord's client enforces the declarations, but
+    anyone can send an interaction, so the server checks them again (`check_declared_options`)."""
+
+
+# How a reply names an option whose name is not a noun on its own (the tasks' errors say the same).
+OPTION_NOUNS = {"other": "second text (`other`)"}
+
+
+def check_declared_options(interaction: discord.Interaction) -> None:
+    """Raise InvalidOption for a string option longer than its declared max_length, or a value that
+    is not one of its declared choices. Numbers and empty text are left to the tasks, which check
+    them against the settings (stricter than the declarations) with messages that name the limit."""
+    command = interaction.command
+    if not isinstance(command, app_commands.Command):
+        return
+    for param in command.parameters:
+        value = getattr(interaction.namespace, param.display_name, None)
+        if value is None:
+            continue
+        name = param.display_name
+        if isinstance(value, str) and param.max_value is not None and len(value) > param.max_value:
+            what = OPTION_NOUNS.get(name, name)
+            raise InvalidOption(
+                f"The {what} is {len(value):,} characters; the limit is {int(param.max_value):,}. Shorten it."
+            )
+        if param.choices and value not in {choice.value for choice in param.choices}:
+            listed = ", ".join(str(choice.value) for choice in param.choices[:25])
+            raise InvalidOption(f"`{name}` must be one of: {listed[:1500]}.")
+
+
 def user_message(error: BaseException) -> str | None:
     """The reply for an expected error, or None when it is a bug."""
     if isinstance(error, (QueueFull, RateLimited)):
@@ -31,6 +62,8 @@ def user_message(error: BaseException) -> str | None:
         return f"⚠️ {error}"
     if isinstance(error, app_commands.NoPrivateMessage):
         return "⚠️ This command works in a server only."
+    if isinstance(error, InvalidOption):
+        return f"⚠️ {error}"
     if isinstance(error, NotOwner):
         return "⛔ Only the bot's owners can use this command."
     if isinstance(error, app_commands.CheckFailure):

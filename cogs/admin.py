@@ -11,9 +11,11 @@ from discord.ext import commands
 
 from bot.errors import InputError, ModelUnavailable
 from bot.tasks import TASKS
-from bot.tree import NO_PINGS, NotOwner
+from bot.tree import NO_PINGS, NotOwner, check_declared_options
 
 log = logging.getLogger(__name__)
+
+MAX_CHECKPOINT = 300  # characters of a checkpoint id or local path
 
 
 class Admin(commands.GroupCog, group_name="admin", group_description="Owner-only bot administration"):
@@ -26,15 +28,21 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Owner-only
         # decorator on the class would be silently ignored.
         if interaction.user.id not in self.bot.owner_id_set:
             raise NotOwner()
+        check_declared_options(interaction)
         return True
 
     @app_commands.command(name="reload", description="Switch a task to another allow-listed checkpoint")
     @app_commands.describe(task="Which command's model", checkpoint="A checkpoint from ADMIN_CHECKPOINTS (empty: reload the current one)")
     @app_commands.choices(task=[app_commands.Choice(name=t, value=t) for t in TASKS])
-    async def reload(self, interaction: discord.Interaction, task: str, checkpoint: str | None = None) -> None:
+    async def reload(
+        self,
+        interaction: discord.Interaction,
+        task: str,
+        checkpoint: app_commands.Range[str, 1, MAX_CHECKPOINT] | None = None,
+    ) -> None:
         backend = self.bot.executor.backend
         if task not in TASKS:
-            raise InputError(f"Unknown task {task!r}.")
+            raise InputError(f"Unknown task `{task[:50].replace('`', '')}`.")
         target = checkpoint or backend.checkpoints[task]
         allowed = set(self.bot.settings.admin_checkpoints) | {self.bot.settings.checkpoints[task]}
         if target not in allowed:

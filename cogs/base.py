@@ -4,7 +4,8 @@ cooldown → validate and queue (before deferring, so user errors stay ephemeral
 waiting, show the place in line and an ETA (after ~1 s), or stream partial text → final edit with
 the rendered result. A Cancel button rides on waiting and streaming replies. If the interaction
 token expired meanwhile (15 minutes), the result goes to the channel (pinging only the requester)
-or, failing that, by DM.
+or, failing that, by DM; if Discord keeps failing the final edit (5xx, 429), it goes as a followup
+first. Options are checked again against what the command declares before anything else runs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from discord.ext import commands
 from bot.errors import Cancelled, RateLimited
 from bot.render import Reply, as_reply, prepend, reply_generate
 from bot.tasks.generate import GenerateResult
-from bot.tree import NO_PINGS
+from bot.tree import NO_PINGS, check_declared_options
 
 if TYPE_CHECKING:
     from bot.client import AutoModelBot
@@ -103,6 +104,11 @@ class TaskCog(commands.Cog):
     def __init__(self, bot: AutoModelBot) -> None:
         self.bot = bot
 
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        # Runs before each of the cog's slash commands (and before the cooldown is spent).
+        check_declared_options(interaction)
+        return True
+
     async def run_task(self, interaction: discord.Interaction, task: str, request: Any) -> None:
         bot = self.bot
         bot.cooldowns.check(interaction.user.id)
@@ -114,8 +120,13 @@ class TaskCog(commands.Cog):
         if not interaction.response.is_done():
             try:
                 await interaction.response.defer(thinking=True)
-            except discord.HTTPException:  # answered too late (10062): Discord told the user it failed
+            except discord.HTTPException as err:
                 bot.executor.cancel(job.id)
+                if getattr(err, "code", None) in EXPIRED_CODES:
+                    # Answered too late (10062): Discord has told the user it failed, and nothing
+                    # can be sent with this token any more.
+                    log.info("Interaction %s expired before it was acknowledged; its job was dropped", interaction.id)
+                    return
                 raise
         try:
             result = await self._wait(interaction, job)
@@ -175,8 +186,10 @@ def discord_files(reply: Reply) -> list[discord.File]:
 
 async def deliver(interaction: discord.Interaction, reply: Reply, task: str) -> None:
     """The final edit of the reply. It must land: when the token has expired, post in the channel
-    (pinging only the requester), and failing that, send a DM."""
+    (pinging only the requester), and failing that, send a DM. When Discord keeps failing the edit
+    (5xx or 429 after discord.py's own retries), send the result as a followup, then the same way."""
     expired = (discord.utils.utcnow() - interaction.created_at).total_seconds() > TOKEN_LIFETIME
+    why = "the original reply expired"
     if not expired:
         try:
             await interaction.edit_original_response(
@@ -185,17 +198,41 @@ async def deliver(interaction: discord.Interaction, reply: Reply, task: str) -> 
             )
             return
         except discord.HTTPException as err:
-            if getattr(err, "code", None) not in EXPIRED_CODES:
+            if getattr(err, "code", None) not in EXPIRED_CODES and not _transient(err):
                 raise
+            if _transient(err):
+                log.warning("The final edit of a /%s reply failed (%s); sending the result as a followup", task, err)
+                why = "the original reply could not be updated"
+                try:
+                    await interaction.followup.send(**_message_kwargs(reply), allowed_mentions=NO_PINGS, wait=True)
+                    return
+                except discord.HTTPException as again:
+                    log.warning("The /%s followup failed too (%s); posting in the channel", task, again)
     user = interaction.user
-    late = prepend(reply, f"{user.mention}, here is your /{task} result (the original reply expired):")
+    late = prepend(reply, f"{user.mention}, here is your /{task} result ({why}):")
     only_them = discord.AllowedMentions(everyone=False, roles=False, users=[user], replied_user=False)
     channel = interaction.channel
     if channel is not None:
         try:
-            await channel.send(content=late.content, embeds=late.embeds, files=discord_files(late),
-                               allowed_mentions=only_them)
+            await channel.send(**_message_kwargs(late), allowed_mentions=only_them)
             return
         except discord.HTTPException as err:
             log.info("Could not post the late /%s result in the channel (%s); sending a DM", task, err)
-    await user.send(content=late.content, embeds=late.embeds, files=discord_files(late), allowed_mentions=NO_PINGS)
+    try:
+        await user.send(**_message_kwargs(late), allowed_mentions=NO_PINGS)
+    except discord.HTTPException as err:
+        log.error("Could not deliver a /%s result anywhere (edit, channel, DM): %s", task, err)
+
+
+def _transient(err: discord.HTTPException) -> bool:
+    """Discord's side failed (discord.py has retried already): another route may still work."""
+    return err.status >= 500 or err.status == 429
+
+
+def _message_kwargs(reply: Reply) -> dict[str, Any]:
+    """content/embeds/files for send(); files only when there are some (an empty list is not "none")."""
+    kwargs: dict[str, Any] = {"content": reply.content, "embeds": reply.embeds}
+    files = discord_files(reply)
+    if files:
+        kwargs["files"] = files
+    return kwargs

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests import test_cogs as e2e
 from tests.fake_discord import (
     CHANNEL_MESSAGE,
     DEFERRED_CHANNEL_MESSAGE,
@@ -25,17 +24,20 @@ from tests.fake_discord import (
     FakeDiscord,
     FakeMessage,
 )
-from tests.test_cogs import final, sent_payloads
 
 # Fixtures of the end-to-end cog tests: the real bot on tiny models, and the autouse check that
 # nothing it sends pings anyone or breaks Discord's limits.
-_every_sent_message_is_safe = e2e._every_sent_message_is_safe
-shared_backend = e2e.shared_backend
-backend = e2e.backend
-bot_executor = e2e.bot_executor
-bot_extensions = e2e.bot_extensions
-bot_settings = e2e.bot_settings
-env_overrides = e2e.env_overrides
+from tests.test_cogs import (  # noqa: E402,F401
+    _every_sent_message_is_safe,
+    backend,
+    bot_executor,
+    bot_extensions,
+    bot_settings,
+    env_overrides,
+    final,
+    sent_payloads,
+    shared_backend,
+)
 
 ROLE, MEMBER = "<@&123456789012345678>", "<@123456789012345678>"
 WORDS = ("Alice met Bob in Paris and they talked about the weather. " * 200)

@@ -27,7 +27,6 @@ from collections import Counter
 
 import pytest
 
-from tests import test_cogs as e2e
 from tests.fake_discord import (
     CHANNEL_MESSAGE,
     DEFERRED_CHANNEL_MESSAGE,
@@ -39,11 +38,13 @@ from tests.faults import InjectingBackend
 
 # Fixtures of the end-to-end cog tests: the real bot on tiny models, and the autouse check that
 # nothing it sends pings anyone or breaks Discord's limits.
-_every_sent_message_is_safe = e2e._every_sent_message_is_safe
-shared_backend = e2e.shared_backend
-bot_executor = e2e.bot_executor
-bot_extensions = e2e.bot_extensions
-bot_settings = e2e.bot_settings
+from tests.test_cogs import (  # noqa: E402,F401
+    _every_sent_message_is_safe,
+    bot_executor,
+    bot_extensions,
+    bot_settings,
+    shared_backend,
+)
 
 FULL = os.environ.get("AUTOMODEL_FULL_LOAD") == "1"
 INTERACTIONS = 1000 if FULL else int(os.environ.get("LOAD_INTERACTIONS", "200"))

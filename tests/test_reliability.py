@@ -33,7 +33,6 @@ from bot.tasks.generate import GenerateResult
 from bot.tasks.mask import Candidate, MaskResult
 from bot.tasks.ner import Entity, NerResult
 from bot.tasks.translate import TranslateResult
-from tests import test_cogs as e2e
 from tests.fake_discord import (
     APP_ID,
     CHANNEL_ID,
@@ -44,17 +43,26 @@ from tests.fake_discord import (
     FakeDiscord,
     RequestRecord,
 )
-from tests.test_cogs import bot_posts, env, final, gated, refused, sent_payloads, slash, until
 
 # Fixtures of the end-to-end cog tests: the real bot on tiny models, and the autouse check that
 # nothing it sends pings anyone or breaks Discord's limits.
-_every_sent_message_is_safe = e2e._every_sent_message_is_safe
-shared_backend = e2e.shared_backend
-backend = e2e.backend
-bot_executor = e2e.bot_executor
-bot_extensions = e2e.bot_extensions
-bot_settings = e2e.bot_settings
-env_overrides = e2e.env_overrides
+from tests.test_cogs import (  # noqa: E402,F401
+    _every_sent_message_is_safe,
+    backend,
+    bot_executor,
+    bot_extensions,
+    bot_posts,
+    bot_settings,
+    env,
+    env_overrides,
+    final,
+    gated,
+    refused,
+    sent_payloads,
+    shared_backend,
+    slash,
+    until,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 

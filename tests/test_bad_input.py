@@ -10,7 +10,6 @@ not repeated here. RELIABILITY.md lists what each group shows.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ import pytest
 from tests.fake_discord import (
     CHANNEL_MESSAGE,
     DEFERRED_CHANNEL_MESSAGE,
-    TOKEN,
     FakeDiscord,
     FakeMessage,
 )
@@ -270,12 +268,4 @@ async def test_bad_input_gets_a_clear_reply_and_the_bot_keeps_working(fake_disco
         after = await fake_discord.invoke_slash(case.command, NORMAL[case.command])
     normal = await final(after)
     assert not normal.content or not normal.content.startswith(("⚠️", "💥", "🚦")), normal.content
-
-
-@pytest.fixture(autouse=True)
-def _token_never_in_chat(request):
-    yield
-    fake = request.node.funcargs.get("fake_discord")
-    if fake is not None:
-        assert TOKEN not in json.dumps([payload for _, payload in sent_payloads(fake)])
 

@@ -110,8 +110,10 @@ def _every_sent_message_is_safe(request):
     fake = request.node.funcargs.get("fake_discord")
     if fake is not None:
         assert_no_pings(fake)
-        for _, payload in sent_payloads(fake):  # progress edits and late results included
+        payloads = [payload for _, payload in sent_payloads(fake)]  # progress edits and late results included
+        for payload in payloads:
             assert_within_limits(payload.get("content"), payload.get("embeds") or [])
+        assert TOKEN not in json.dumps(payloads), "the bot token reached the chat"
 
 
 @pytest.fixture

@@ -43,6 +43,8 @@ class LocalBackend:
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.checkpoints = dict(settings.checkpoints)  # task → checkpoint; /admin reload changes it
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)  # process-wide: set once, by the one backend
         self._tokenizers: dict[str, Any] = {}
         self._infos: dict[str, ModelInfo] = {}
         self._models: dict[tuple[str, str], LoadedModel] = {}

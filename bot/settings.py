@@ -42,6 +42,7 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     quantize: str = "none"
+    torch_threads: int | None = None  # None: torch's default (one per core)
     # Limits on what one request may ask for.
     max_new_tokens: int = 200
     max_input_chars: int = 6000
@@ -180,6 +181,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         device=device,
         dtype=_choice(env, "DTYPE", "auto", DTYPES),
         quantize=_choice(env, "QUANTIZE", "none", QUANTIZE_MODES),
+        torch_threads=_int(env, "TORCH_THREADS", None, low=1, high=1024),
         max_new_tokens=_int(env, "MAX_NEW_TOKENS", 200, low=1, high=2048),
         max_input_chars=_int(env, "MAX_INPUT_CHARS", 6000, low=1, high=100_000),
         max_masks=_int(env, "MAX_MASKS", 5, low=1, high=50),

@@ -370,3 +370,14 @@ def test_a_failed_checkpoint_swap_leaves_the_task_as_it_was(tiny_settings, tiny_
     assert backend.checkpoints["sentiment"] == before
     backend.set_checkpoint("sentiment", str(tiny_checkpoints["ask"]))  # loads first, then switches
     assert backend.checkpoints["sentiment"] == str(tiny_checkpoints["ask"]) and backend.is_loaded("sentiment")
+
+
+def test_torch_threads_setting_limits_torch(tiny_settings):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        LocalBackend(make_settings(tiny_settings, torch_threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

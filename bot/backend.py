@@ -136,9 +136,7 @@ class LocalBackend:
         if loaded is not None:
             log.info("Unloaded %s (%s)", loaded.checkpoint, loaded.class_name)
             del loaded
-            gc.collect()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
+            self.free_cache()
 
     def free_cache(self) -> None:
         gc.collect()

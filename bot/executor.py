@@ -413,9 +413,8 @@ class Executor:
             for job, error in dropped:
                 self._finish(job, error=error)
             if batch:
-                started = time.monotonic()
-                self._run(lane, batch)
-                last_size, settle_until = len(batch), time.monotonic() + SETTLE * (time.monotonic() - started)
+                seconds = self._run(lane, batch)
+                last_size, settle_until = len(batch), time.monotonic() + SETTLE * seconds
             with lane.cond:
                 lane.running = []
 
@@ -444,7 +443,8 @@ class Executor:
             lane.last_served[job.user_id] = now
         return batch, dropped
 
-    def _run(self, lane: Lane, batch: list[Job]) -> None:
+    def _run(self, lane: Lane, batch: list[Job]) -> float:
+        """Run a batch, record its stats, resolve its jobs; returns how long it took (s)."""
         started = time.perf_counter()
         outcomes = self._run_split(lane.task, batch)
         seconds = time.perf_counter() - started
@@ -458,6 +458,7 @@ class Executor:
             stats.recent_batch_sizes.append(len(batch))
         for job, (result, error) in zip(batch, outcomes):
             self._finish(job, result=result, error=error)
+        return seconds
 
     def _run_split(self, task: str, batch: list[Job]) -> list[tuple[Any, BotError | None]]:
         """Run a batch; on out-of-memory, free the cache and retry each half. Any other failure of a

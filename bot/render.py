@@ -34,14 +34,21 @@ def percent(fraction: float) -> str:
     return f"{fraction * 100:5.1f}%"
 
 
-def mark_spans(text: str, spans: list[tuple[int, int, str]], left: str = "[", right: str = "]") -> str:
-    """Wrap text[start:end] of each (start, end, tag) span; tags follow the closing mark."""
+def mark_spans(
+    text: str,
+    spans: list[tuple[int, int, str]],
+    left: str = "[",
+    right: str = "]",
+    escape: Callable[[str], str] = str,
+) -> str:
+    """Wrap text[start:end] of each (start, end, tag) span; tags follow the closing mark. `escape`
+    applies to the text only, not to the marks."""
     out, cursor = [], 0
     for start, end, tag in sorted(spans):
-        out.append(text[cursor:start])
-        out.append(f"{left}{text[start:end]}{right}{tag}")
+        out.append(escape(text[cursor:start]))
+        out.append(f"{left}{escape(text[start:end])}{right}{tag}")
         cursor = end
-    out.append(text[cursor:])
+    out.append(escape(text[cursor:]))
     return "".join(out)
 
 
@@ -272,11 +279,7 @@ def reply_ask(r: AskResult) -> Reply:
 
 
 def reply_ner(r: NerResult) -> Reply:
-    pieces, cursor = [], 0
-    for e in sorted(r.entities, key=lambda e: e.start):
-        pieces += [safe(r.text[cursor : e.start]), f"**{safe(r.text[e.start : e.end])}**`{e.label}`"]
-        cursor = e.end
-    pieces.append(safe(r.text[cursor:]))
+    marked = mark_spans(r.text, [(e.start, e.end, f"`{e.label}`") for e in r.entities], "**", "**", escape=safe)
     by_label: dict[str, list[str]] = {}
     for e in r.entities:
         by_label.setdefault(e.label, []).append(f"{safe(e.word)} ({percent(e.score).strip()})")
@@ -285,7 +288,7 @@ def reply_ner(r: NerResult) -> Reply:
     missing = len(fields) - _fields(embed, fields)
     count = f"{len(r.entities)} entities" if r.entities else "No entities found."
     embed.set_footer(text=count + (f" · {missing} more kinds in the attached file" if missing else ""))
-    return _finish(embed, "".join(pieces), ("entities.txt", text_ner(r)), incomplete=bool(missing))
+    return _finish(embed, marked, ("entities.txt", text_ner(r)), incomplete=bool(missing))
 
 
 def reply_sentiment(r: SentimentResult) -> Reply:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from bot import loading
 from bot.device import device_memory, resolve_device, resolve_dtype
 from bot.errors import ModelUnavailable
 from bot.settings import Settings
@@ -87,12 +88,17 @@ class LocalBackend:
                 return self._tokenizers[checkpoint], self._infos[checkpoint]
         from transformers import AutoConfig, AutoTokenizer
 
-        # trust_remote_code=False, not transformers' default None (which may ask on stdin).
-        tokenizer = _load(task, checkpoint, AutoTokenizer.from_pretrained, checkpoint, trust_remote_code=False)
-        config = _load(task, checkpoint, AutoConfig.from_pretrained, checkpoint, trust_remote_code=False)
-        info = ModelInfo(max_length=_max_length(tokenizer, config))
         with self._lock:
-            self._tokenizers[checkpoint], self._infos[checkpoint] = tokenizer, info
+            load_lock = self._load_locks.setdefault(("tokenizer", checkpoint), threading.Lock())
+        with load_lock:  # concurrent first requests load it once
+            with self._lock:
+                if checkpoint in self._tokenizers:
+                    return self._tokenizers[checkpoint], self._infos[checkpoint]
+            tokenizer = _load(task, checkpoint, AutoTokenizer.from_pretrained)
+            config = _load(task, checkpoint, AutoConfig.from_pretrained)
+            info = ModelInfo(max_length=_max_length(tokenizer, config))
+            with self._lock:
+                self._tokenizers[checkpoint], self._infos[checkpoint] = tokenizer, info
         return tokenizer, info
 
     def acquire(self, task: str, checkpoint: str | None = None) -> LoadedModel:
@@ -101,16 +107,17 @@ class LocalBackend:
         with self._lock:
             load_lock = self._load_locks.setdefault(key, threading.Lock())
         with load_lock:  # two tasks sharing a checkpoint must not load it twice
-            with self._lock:
+            with self._lock:  # marked in use in the same step as found: unloading skips it from here on
                 loaded = self._models.get(key)
+                if loaded is not None:
+                    loaded.in_use += 1
+                    loaded.last_used = time.monotonic()
             if loaded is None:
                 loaded = self._load_model(task, key)
+                loaded.in_use = 1
                 with self._lock:
                     self._models[key] = loaded
                 self._enforce_budget(keep=key)
-        with self._lock:
-            loaded.in_use += 1
-            loaded.last_used = time.monotonic()
         return loaded
 
     def release(self, loaded: LoadedModel) -> None:
@@ -197,14 +204,12 @@ class LocalBackend:
         auto_class = getattr(transformers, class_name)
         started = time.perf_counter()
         log.info("Loading %s with %s on %s (%s)", checkpoint, class_name, self.device, self.dtype)
-        # trust_remote_code stays False: a checkpoint id must never run code it ships.
-        options = {"dtype": self.dtype, "trust_remote_code": False}
         try:
-            model = _load(task, checkpoint, auto_class.from_pretrained, checkpoint, attn_implementation="sdpa", **options)
+            model = _load(task, checkpoint, auto_class.from_pretrained, dtype=self.dtype, attn_implementation="sdpa")
         except ModelUnavailable as err:
             if "sdpa" not in str(err.detail).lower():
                 raise
-            model = _load(task, checkpoint, auto_class.from_pretrained, checkpoint, **options)
+            model = _load(task, checkpoint, auto_class.from_pretrained, dtype=self.dtype)
         model = model.to(self.device).eval()
         if self._quantized():
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -227,10 +232,11 @@ class LocalBackend:
             self.unload(min(idle)[1])
 
 
-def _load(task: str, checkpoint: str, loader, *args, **kwargs):
-    """Call a from_pretrained; any failure becomes ModelUnavailable with a one-line remedy."""
+def _load(task: str, checkpoint: str, loader, **options):
+    """A from_pretrained, serialized with every other load (bot.loading); any failure becomes
+    ModelUnavailable with a one-line remedy."""
     try:
-        return loader(*args, **kwargs)
+        return loading.load_pretrained(loader, checkpoint, **options)
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelUnavailable(

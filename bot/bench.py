@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from bot import loading
 from bot.settings import Settings
 
 ENCODER_TASKS = ("sentiment", "embed", "ner", "ask", "mask")
@@ -209,8 +210,8 @@ class Naive:
         from bot.tasks import TASKS
 
         self.task = task
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=False)
-        self.model = TASKS[task].auto_class.from_pretrained(checkpoint, trust_remote_code=False).eval()
+        self.tokenizer = loading.load_pretrained(AutoTokenizer.from_pretrained, checkpoint)
+        self.model = loading.load_pretrained(TASKS[task].auto_class.from_pretrained, checkpoint).eval()
         if quantize:
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         self.lock = threading.Lock()
@@ -356,8 +357,8 @@ def bench_continuous(checkpoint: Path, new_tokens: int, rng: random.Random) -> l
     """Batched generate() against a warm, persistent ContinuousBatchingManager on the same prompts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=False).eval()
+    tokenizer = loading.load_pretrained(AutoTokenizer.from_pretrained, checkpoint)
+    model = loading.load_pretrained(AutoModelForCausalLM.from_pretrained, checkpoint).eval()
     prompts = [tokenizer(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))))["input_ids"] for _ in range(16)]
     pad = tokenizer.eos_token_id
 

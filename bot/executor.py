@@ -42,6 +42,9 @@ WINDOW_FACTOR = 4  # a batch is cut from up to this many times max_batch_size qu
 SETTLE = 0.05  # after a batch, wait at most this fraction of its duration for its users to come back
 IDLE_SETTLE = 0.4  # assumed batch duration (s) before any was measured: waits at most 20 ms
 EWMA = 0.2  # weight of the newest batch in the service-time estimate
+# How long a user's last service is remembered once they have nothing queued (fairness only needs
+# it while they might come straight back); bounds Lane.last_served to recently active users.
+SERVED_MEMORY = 30.0
 
 
 @dataclass(eq=False)
@@ -104,6 +107,12 @@ class Lane:
         if not queue:
             del self.by_user[job.user_id]
         return True
+
+    def forget_served(self, now: float) -> None:
+        """Drop last_served entries of users with nothing queued, served over SERVED_MEMORY ago."""
+        stale = [u for u, t in self.last_served.items() if now - t >= SERVED_MEMORY and u not in self.by_user]
+        for user in stale:
+            del self.last_served[user]
 
     def service_order(self) -> list[int]:
         """Users least recently served first; ties go to the oldest waiting job."""
@@ -181,7 +190,9 @@ class Executor:
         self._per_user: Counter[int] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
-        self._prep_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        # Tokenizing threads, per task: a task whose tokenizer is still loading (behind another
+        # model's load) must not hold up requests of tasks that are ready.
+        self._prep_pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self._stopping = False
         # Called on the event loop as listener(job, outcome) when a job ends: logs, metrics.
         self.listeners: list[Callable[[Job, str], None]] = []
@@ -198,8 +209,10 @@ class Executor:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._prep_pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="prepare")
         for lane in self.lanes.values():
+            self._prep_pools[lane.task] = concurrent.futures.ThreadPoolExecutor(
+                max_workers=2, thread_name_prefix=f"prepare-{lane.task}"
+            )
             thread = threading.Thread(target=self._work, args=(lane,), name=f"infer-{lane.task}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -235,8 +248,8 @@ class Executor:
         for job in list(self._jobs.values()):
             job.cancelled = True
             self._finish(job, error=ShuttingDown(restarting))
-        if self._prep_pool is not None:
-            self._prep_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._prep_pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- the API the cogs use ------------------------------------------------------------------
 
@@ -263,7 +276,7 @@ class Executor:
             with lane.cond:
                 lane.preparing += 1
             try:
-                prepared = await loop.run_in_executor(self._prep_pool, self.backend.prepare, task, request)
+                prepared = await loop.run_in_executor(self._prep_pools.get(task), self.backend.prepare, task, request)
             finally:
                 with lane.cond:
                     lane.preparing -= 1
@@ -397,7 +410,8 @@ class Executor:
         while True:
             with lane.cond:
                 while lane.depth == 0 and not self._stopping:
-                    lane.cond.wait()
+                    lane.forget_served(time.monotonic())
+                    lane.cond.wait(SERVED_MEMORY if lane.last_served else None)
                 if time.monotonic() > settle_until:  # woken from idle: wait only for a burst being tokenized
                     last_size = 0
                     settle_until = time.monotonic() + SETTLE * max(lane.stats.batch_seconds, IDLE_SETTLE)
@@ -441,6 +455,7 @@ class Executor:
             job.started_at = now
             job.batch_size = len(batch)
             lane.last_served[job.user_id] = now
+        lane.forget_served(now)
         return batch, dropped
 
     def _run(self, lane: Lane, batch: list[Job]) -> float:

@@ -5,10 +5,13 @@ loading path (`AutoTokenizer.from_pretrained(dir)` + `AutoModelForX.from_pretrai
 module trains small tokenizers on an in-code corpus, builds each architecture from its config with
 random weights, and saves both with `save_pretrained`.
 
-Two sizes:
+Three sizes:
 
 - "tiny": a few-second build of very small models (hidden 64, 2 layers); BERT-likes and Marian keep
   only 128 positions so tests can reach the long-context windowing with short inputs.
+- "peaked": the tiny shapes with weights drawn 15× wider (std 0.3). Attention is then sharp and
+  every output moves with its context: a model whose answer would change if padding leaked into
+  it, for the batch-invariance tests (with std 0.02 logits move by ~1e-4 and hide such bugs).
 - "real": the architectures of the default checkpoints (bert-base, distilbert, bert-large, gpt2,
   opus-mt-en-de) with their vocabulary and position limits, so benchmarks measure realistic
   compute. Their tokenizers are trained on the same small corpus and then padded with unreachable
@@ -62,7 +65,7 @@ from transformers.utils import logging as hf_logging
 log = logging.getLogger(__name__)
 
 TASKS: tuple[str, ...] = ("generate", "mask", "translate", "ask", "ner", "sentiment", "embed")
-SIZES: tuple[str, ...] = ("tiny", "real")
+SIZES: tuple[str, ...] = ("tiny", "peaked", "real")
 
 # Written last into a checkpoint directory; its presence (with matching content) means "complete".
 # Bump BUILDER_VERSION whenever what gets built changes, so stale caches are rebuilt (a new
@@ -86,6 +89,8 @@ SENTIMENT_LABELS: dict[int, str] = {0: "NEGATIVE", 1: "POSITIVE"}
 
 # Shapes of the tiny models: small enough to build and run in milliseconds.
 _TINY = {"hidden": 64, "layers": 2, "heads": 4, "ffn": 128}
+# "peaked": tiny shapes with this init std instead of 0.02 (see _init).
+PEAKED_INIT_STD = 0.3
 # Target size of the trained tokenizer vocabularies (the corpus may yield fewer). WordPiece gets
 # each subword twice (word start and "##" continuation), hence about 1800 entries.
 _TOKENIZER_VOCAB = 1000
@@ -337,7 +342,7 @@ def _marian_tokenizer(out: Path, *, size: int | None, max_length: int) -> Marian
 
 
 def _bert_config(size: str, vocab_size: int, *, large: bool = False, **extra) -> BertConfig:
-    if size == "tiny":
+    if _small(size):
         return BertConfig(
             vocab_size=vocab_size,
             hidden_size=_TINY["hidden"],
@@ -345,6 +350,7 @@ def _bert_config(size: str, vocab_size: int, *, large: bool = False, **extra) ->
             num_attention_heads=_TINY["heads"],
             intermediate_size=_TINY["ffn"],
             max_position_embeddings=128,
+            initializer_range=_init(size) or 0.02,
             **extra,
         )
     if large:
@@ -360,7 +366,7 @@ def _bert_config(size: str, vocab_size: int, *, large: bool = False, **extra) ->
 
 
 def _distilbert_config(size: str, vocab_size: int, **extra) -> DistilBertConfig:
-    if size == "tiny":
+    if _small(size):
         return DistilBertConfig(
             vocab_size=vocab_size,
             dim=_TINY["hidden"],
@@ -368,18 +374,29 @@ def _distilbert_config(size: str, vocab_size: int, **extra) -> DistilBertConfig:
             n_heads=_TINY["heads"],
             hidden_dim=_TINY["ffn"],
             max_position_embeddings=128,
+            initializer_range=_init(size) or 0.02,
             **extra,
         )
     return DistilBertConfig(vocab_size=vocab_size, **extra)
 
 
+def _small(size: str) -> bool:
+    return size in ("tiny", "peaked")
+
+
+def _init(size: str) -> float | None:
+    """Weight init std: "peaked" models get a large one so attention is sharp and every output
+    depends on context (and on padding, if a mask were missing); None keeps the config default."""
+    return PEAKED_INIT_STD if size == "peaked" else None
+
+
 def _positions(size: str, real: int, tiny: int = 128) -> int:
-    return tiny if size == "tiny" else real
+    return tiny if _small(size) else real
 
 
 def _real_vocab(size: str, key: str) -> int | None:
     """The model vocabulary to pad tokenizers to: None for tiny (the trained size is used)."""
-    return None if size == "tiny" else _REAL_VOCAB[key]
+    return None if _small(size) else _REAL_VOCAB[key]
 
 
 @contextmanager
@@ -468,10 +485,10 @@ def _distilbert_builder(
 
 
 def _build_gpt2(out: Path, size: str) -> None:
-    max_positions = 256 if size == "tiny" else 1024
+    max_positions = 256 if _small(size) else 1024
     tokenizer = _gpt2_tokenizer(english_corpus(), size=_real_vocab(size, "gpt2"), max_length=max_positions)
     eot = tokenizer.eos_token_id
-    if size == "tiny":
+    if _small(size):
         config = GPT2Config(
             vocab_size=len(tokenizer),
             n_positions=max_positions,
@@ -479,6 +496,7 @@ def _build_gpt2(out: Path, size: str) -> None:
             n_layer=_TINY["layers"],
             n_head=_TINY["heads"],
             n_inner=_TINY["ffn"],
+            initializer_range=_init(size) or 0.02,
             bos_token_id=eot,
             eos_token_id=eot,
         )
@@ -492,7 +510,7 @@ def _build_marian(out: Path, size: str) -> None:
     max_positions = _positions(size, 512)
     tokenizer = _marian_tokenizer(out, size=_real_vocab(size, "marian"), max_length=max_positions)
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
-    if size == "tiny":
+    if _small(size):
         width, layers, heads, ffn = _TINY["hidden"], _TINY["layers"], _TINY["heads"], _TINY["ffn"]
     else:
         width, layers, heads, ffn = 512, 6, 8, 2048
@@ -513,6 +531,7 @@ def _build_marian(out: Path, size: str) -> None:
         eos_token_id=eos,
         bos_token_id=eos,
         forced_eos_token_id=eos,
+        init_std=_init(size) or 0.02,
     )
     model = MarianMTModel(config)
     # A fresh GenerationConfig rather than edits to the derived one: that one is flagged

@@ -28,6 +28,19 @@ def tiny_checkpoints() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def peaked_checkpoints() -> dict[str, Path]:
+    """Tiny shapes with a large init std: sharp attention, so outputs depend on context (and would
+    depend on padding if a mask were missing). For the batch-invariance tests (#10)."""
+    return build_checkpoints(CACHE, "peaked")
+
+
+@pytest.fixture(scope="session")
+def peaked_settings(peaked_checkpoints, tmp_path_factory):
+    env = {f"MODEL_{task.upper()}": str(path) for task, path in peaked_checkpoints.items()}
+    return load_settings({**env, "DEVICE": "cpu", "STATE_DIR": str(tmp_path_factory.mktemp("state"))})
+
+
+@pytest.fixture(scope="session")
 def tiny_env(tiny_checkpoints, tmp_path_factory) -> dict[str, str]:
     """Environment (as a mapping) that points every task at its tiny checkpoint."""
     env = {f"MODEL_{task.upper()}": str(path) for task, path in tiny_checkpoints.items()}

@@ -22,8 +22,7 @@ from pathlib import Path
 import discord
 import pytest
 
-import bot.backend as backend_module
-from bot import render
+from bot import loading, render
 from bot.backend import LocalBackend
 from bot.settings import SettingsError, load_settings
 from bot.tasks import ask as ask_task
@@ -290,15 +289,16 @@ def test_trust_remote_code_is_never_enabled_in_the_code():
 async def test_no_user_input_reaches_from_pretrained(fake_discord, discord_bot, backend, bot_settings, monkeypatch,
                                                      tiny_checkpoints):
     """At run time, with a fresh backend: every checkpoint loaded is a configured or allow-listed one,
-    and no load ever gets trust_remote_code other than False, whatever the users send."""
+    whatever the users send. (That each load gets trust_remote_code=False explicitly is checked on
+    transformers itself: tests/test_security.py.)"""
     loads = []
-    real_load = backend_module._load
+    real_load = loading.load_pretrained
 
-    def recording(task, checkpoint, loader, *args, **kwargs):
-        loads.append((task, checkpoint, loader.__qualname__, args, kwargs))
-        return real_load(task, checkpoint, loader, *args, **kwargs)
+    def recording(loader, checkpoint, **options):
+        loads.append((loader.__qualname__, checkpoint, options))
+        return real_load(loader, checkpoint, **options)
 
-    monkeypatch.setattr(backend_module, "_load", recording)
+    monkeypatch.setattr(loading, "load_pretrained", recording)
     backend.real = LocalBackend(bot_settings)  # nothing loaded yet: every load is seen
     hostile = "trust_remote_code=True evil/model ../../etc/passwd https://evil.invalid gpt2"
     requests = {
@@ -319,13 +319,11 @@ async def test_no_user_input_reaches_from_pretrained(fake_discord, discord_bot, 
     await final(await fake_discord.invoke_slash("admin reload", {"task": "sentiment", "checkpoint": allowed}))
 
     permitted = set(bot_settings.checkpoints.values()) | set(bot_settings.admin_checkpoints)
-    assert {checkpoint for _, checkpoint, _, _, _ in loads} <= permitted
-    assert {loader.rsplit(".", 1)[-1] for _, _, loader, _, _ in loads} == {"from_pretrained"}
-    for _, checkpoint, loader, args, kwargs in loads:
-        assert args == (checkpoint,), (loader, args)
-        assert kwargs.get("trust_remote_code", False) is False, (loader, kwargs)
-    models = [kwargs for _, _, loader, _, kwargs in loads if not loader.startswith(("AutoTokenizer", "AutoConfig"))]
-    assert len(models) >= 6 and all(kwargs["trust_remote_code"] is False for kwargs in models)
+    assert {checkpoint for _, checkpoint, _ in loads} <= permitted
+    assert {loader.rsplit(".", 1)[-1] for loader, _, _ in loads} == {"from_pretrained"}
+    assert all("trust_remote_code" not in options for _, _, options in loads)  # load_pretrained sets it
+    models = [loader for loader, _, _ in loads if not loader.startswith(("AutoTokenizer", "AutoConfig"))]
+    assert len(models) >= 6
 
 
 # -- security: bounded sizes -----------------------------------------------------------------------

@@ -58,9 +58,7 @@ class EmbedTask(Task):
     def predict(self, model, tokenizer, batch, ctx: BatchContext) -> list[EmbedResult]:
         rows, counts = flatten_rows(batch)
         inputs = pad_rows(rows, tokenizer.pad_token_id, model_device(model))
-        hidden = model(**inputs).last_hidden_state.float()
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        pooled = mean_pool(model(**inputs).last_hidden_state.float(), inputs["attention_mask"])
         norms = pooled.norm(dim=-1)
         unit = torch.nn.functional.normalize(pooled, dim=-1).cpu()
         results = []
@@ -71,6 +69,12 @@ class EmbedTask(Task):
                 result.similarity = float(vectors[0] @ vectors[1])
             results.append(result)
         return results
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of each row's real tokens: padding must not count, or a vector would depend on its batch."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
 TASK = EmbedTask()

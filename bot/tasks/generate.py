@@ -120,8 +120,10 @@ class RowSampler(LogitsProcessor):
     def __init__(self, requests: list[GenerateRequest], prompt_width: int) -> None:
         self.prompt_width = prompt_width
         self.sampled = torch.tensor([r.do_sample for r in requests])
-        self.temperature = torch.tensor([max(r.temperature, 1e-5) for r in requests]).unsqueeze(1)
-        self.top_p = torch.tensor([r.top_p for r in requests]).unsqueeze(1)
+        # float32 named, not torch's default dtype: another thread's model load changes the default
+        # for the whole process while it runs (bot.loading), and a row's draw must not depend on that.
+        self.temperature = torch.tensor([max(r.temperature, 1e-5) for r in requests], dtype=torch.float32).unsqueeze(1)
+        self.top_p = torch.tensor([r.top_p for r in requests], dtype=torch.float32).unsqueeze(1)
         self.seeds = torch.tensor([r.seed for r in requests], dtype=torch.int64).unsqueeze(1)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -132,7 +134,7 @@ class RowSampler(LogitsProcessor):
         # The TOP_K best tokens, already sorted (transformers samples from top_k=50 by default too):
         # this avoids sorting the whole vocabulary at every step.
         best, token_ids = scores.topk(min(TOP_K, scores.shape[1]), dim=-1)
-        logits = best / self.temperature.to(device)
+        logits = best.float() / self.temperature.to(device)
         probs = logits.softmax(dim=-1)
         outside_p = (probs.cumsum(dim=-1) - probs) >= self.top_p.to(device)  # keeps at least the best
         logits = logits.masked_fill(outside_p, float("-inf"))

@@ -57,15 +57,29 @@ class TranslateTask(Task):
 
     def predict(self, model, tokenizer, batch, ctx: BatchContext) -> list[TranslateResult]:
         rows, counts = flatten_rows(batch)
-        inputs = pad_rows(rows, tokenizer.pad_token_id, model_device(model))
-        longest = inputs["input_ids"].shape[1]
         limit = getattr(model.config, "max_position_embeddings", 512)
-        output = model.generate(**inputs, num_beams=NUM_BEAMS, max_new_tokens=min(limit, 2 * longest + 16))
-        texts = tokenizer.batch_decode(output, skip_special_tokens=True)
+        # Beam search ends each row at the batch's max_new_tokens, so rows run together only when
+        # their budgets are equal: a row's translation must not depend on its neighbours.
+        groups: dict[int, list[int]] = {}
+        for index, row in enumerate(rows):
+            groups.setdefault(new_token_budget(len(row["input_ids"]), limit), []).append(index)
+        texts: list[str] = [""] * len(rows)
+        for budget, members in groups.items():
+            inputs = pad_rows([rows[i] for i in members], tokenizer.pad_token_id, model_device(model))
+            output = model.generate(**inputs, num_beams=NUM_BEAMS, max_new_tokens=budget)
+            for index, text in zip(members, tokenizer.batch_decode(output, skip_special_tokens=True)):
+                texts[index] = text
         return [
             TranslateResult(prepared.request.text, " ".join(t.strip() for t in pieces), len(pieces))
             for prepared, pieces in zip(batch, split_counts(texts, counts))
         ]
+
+
+def new_token_budget(source_tokens: int, limit: int) -> int:
+    """Most tokens a translation of `source_tokens` may have: twice the source (rounded up to a
+    multiple of 8, so rows of similar length share a generate call) plus 16, within the model's
+    positions. It depends on the row alone, never on its batch."""
+    return min(limit, 2 * (-(-source_tokens // 8) * 8) + 16)
 
 
 def pack_chunks(text: str, count_tokens, limit: int) -> list[str]:

@@ -1,0 +1,114 @@
+"""Batch invariance (#10): a request's answer is the model's answer to that input alone, whatever
+it is batched with and wherever it sits in the batch.
+
+Runs on the "peaked" checkpoints (bot.synthetic): their attention is sharp, so an answer moves as
+soon as padding leaks into it. The fault tests below break padding on purpose and check that the
+same comparison then fails, so these tests can fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from bot.backend import LocalBackend
+from bot.executor import Executor
+from bot.tasks import ask, embed, generate, mask, ner, sentiment, translate
+from bot.tasks.base import pad_rows
+from tests.answers import CASES, difference, run, task_of
+
+TASK_MODULES = {"generate": generate, "mask": mask, "translate": translate, "ask": ask, "ner": ner,
+                "sentiment": sentiment, "embed": embed}
+
+
+def differences_in_batches(backend: LocalBackend, case: str) -> list[str]:
+    """The request alone, then first, in the middle and last of a batch with its companions."""
+    task = task_of(case)
+    request, companions = CASES[case]
+    alone = run(backend, task, [request])[0]
+    found = []
+    for position in range(len(companions) + 1):
+        batch = companions[:position] + [request] + companions[position:]
+        found.append(difference(alone, run(backend, task, batch)[position]))
+    return [f"at position {i}: {d}" for i, d in enumerate(found) if d]
+
+
+@pytest.fixture(scope="module")
+def peaked_backend(peaked_settings) -> LocalBackend:
+    return LocalBackend(peaked_settings)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_answer_is_the_same_alone_and_anywhere_in_a_batch(peaked_backend, case):
+    assert differences_in_batches(peaked_backend, case) == []
+
+
+def test_translate_budget_depends_on_the_row_alone(peaked_backend):
+    """The peaked Marian model rarely ends on its own: it writes until its token budget runs out, so a
+    budget taken from the batch (the longest row) shows as a longer translation."""
+    request, (long_companion, *_) = CASES["translate"]
+    alone = run(peaked_backend, "translate", [request])[0]
+    beside_long = run(peaked_backend, "translate", [request, long_companion])[0]
+    assert beside_long.translation == alone.translation
+    budget = translate.new_token_budget(8, 512)
+    assert budget == translate.new_token_budget(3, 512) == 32  # rounded up to 8 tokens, doubled, +16
+
+
+# -- the same comparison catches the faults it is there for ------------------------------------
+
+
+def _without_attention_mask(rows, pad_id, device, side="right"):
+    inputs = pad_rows(rows, pad_id, device, side)
+    inputs["attention_mask"] = inputs["attention_mask"].clone().fill_(1)  # padding attended like text
+    return inputs
+
+
+# /translate runs rows together only when their budgets match, and rows with equal budgets pad to
+# the same width alone or together: a dropped mask changes its answer everywhere alike. Its batch
+# fault is the budget taken from the batch (#10), tested below.
+@pytest.mark.parametrize("case", [case for case in CASES if case != "translate"])
+def test_a_dropped_attention_mask_is_caught(peaked_backend, monkeypatch, case):
+    monkeypatch.setattr(TASK_MODULES[task_of(case)], "pad_rows", _without_attention_mask)
+    assert differences_in_batches(peaked_backend, case), "padding leaked into attention, yet no answer changed"
+
+
+def test_a_translate_budget_taken_from_the_batch_is_caught(peaked_backend, monkeypatch):
+    """The defect of #10 put back: every row gets the budget of the batch's longest row."""
+    flatten_rows = translate.flatten_rows
+    longest = [0]
+
+    def recording(batch):
+        rows, counts = flatten_rows(batch)
+        longest[0] = max(len(row["input_ids"]) for row in rows)
+        return rows, counts
+
+    monkeypatch.setattr(translate, "flatten_rows", recording)
+    monkeypatch.setattr(translate, "new_token_budget", lambda tokens, limit: min(limit, 2 * longest[0] + 16))
+    assert differences_in_batches(peaked_backend, "translate")
+
+
+def test_mean_pooling_over_padding_is_caught(peaked_backend, monkeypatch):
+    monkeypatch.setattr(embed, "mean_pool", lambda hidden, attention_mask: hidden.mean(1))
+    assert differences_in_batches(peaked_backend, "embed")
+
+
+# -- through the executor: batches it cuts itself ---------------------------------------------
+
+
+async def test_executor_batches_answer_like_single_requests(peaked_settings, peaked_backend):
+    """Many users at once, every task: each answer equals that request asked alone, and batches
+    of more than one request did form."""
+    settings = dataclasses.replace(peaked_settings, max_queued_per_user=64)
+    executor = Executor(settings, peaked_backend)
+    await executor.start()
+    try:
+        cases = [(task_of(case), r) for case, (request, companions) in CASES.items() for r in [request, *companions]]
+        jobs = [await executor.enqueue(task, request, user_id=i) for i, (task, request) in enumerate(cases)]
+        results = await asyncio.wait_for(asyncio.gather(*(executor.wait(job) for job in jobs)), timeout=120)
+    finally:
+        await executor.shutdown()
+    for (task, request), result in zip(cases, results):
+        assert difference(run(peaked_backend, task, [request])[0], result) is None, (task, request)
+    assert max(job.batch_size for job in jobs) > 1

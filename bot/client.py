@@ -59,6 +59,9 @@ class AutoModelBot(commands.Bot):
         # Model output can contain @everyone: nothing the bot sends may ping, unless a call opts in.
         options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         options.setdefault("tree_cls", BotTree)
+        # No prefix commands: slash commands and menus only. No help command, and on_message below
+        # ignores every message, so a mention ("@bot help @everyone") triggers nothing at all.
+        options.setdefault("help_command", None)
         super().__init__(command_prefix=commands.when_mentioned, **options)
         self.settings = settings
         self.executor = executor
@@ -99,10 +102,16 @@ class AutoModelBot(commands.Bot):
             except Exception:
                 log.exception("Failed to load extension %s", name)
         if not self.owner_id_set:
-            # No OWNER_IDS: the application's owner (or its team) may use the owner-only commands.
-            app = await self.application_info()
-            self.owner_id_set = {m.id for m in app.team.members} if app.team else {app.owner.id}
+            self.owner_id_set = owners_of(await self.application_info())
+            log.info("OWNER_IDS is empty: %d owner(s) from the application", len(self.owner_id_set))
         await self.sync_commands()
+
+    async def on_message(self, message: discord.Message, /) -> None:
+        """Messages are not commands here (commands.Bot would parse them for a prefix)."""
+
+    async def is_owner(self, user: discord.abc.User, /) -> bool:
+        """The same owners as /admin (discord.py's own rule also admits invited team members)."""
+        return user.id in self.owner_id_set
 
     async def sync_commands(self, force: bool = False) -> str:
         """Sync to DISCORD_GUILD_ID when set (instant, and no global copy, or users would see every
@@ -164,6 +173,20 @@ class ShardedAutoModelBot(AutoModelBot, commands.AutoShardedBot):
     """The same bot over several gateway connections (SHARDS; Discord requires it past 2500
     servers). commands.Bot adds nothing to BotBase, so in this class's MRO every method of
     discord.AutoShardedClient comes before discord.Client's."""
+
+
+def owners_of(app: discord.AppInfo) -> set[int]:
+    """Who may use /admin when OWNER_IDS is empty: the application's owner; for a team-owned
+    application, the team's admins and developers who accepted their invitation (the team owner is
+    listed as an accepted admin). Read-only members and pending invitations never count."""
+    if app.team is None:
+        return {app.owner.id}
+    return {
+        member.id
+        for member in app.team.members
+        if member.role in (discord.TeamMemberRole.admin, discord.TeamMemberRole.developer)
+        and member.membership_state == discord.TeamMembershipState.accepted
+    }
 
 
 def create_bot(settings: Settings, **options) -> AutoModelBot:

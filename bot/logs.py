@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import json
 import logging
+import re
 import secrets
 import sys
 from typing import TYPE_CHECKING, Any
@@ -22,9 +23,18 @@ OWN_HANDLERS = {"huggingface_hub": "huggingface_hub.utils.logging", "transformer
 request_log = logging.getLogger("bot.requests")
 
 
+# Interaction tokens (valid 15 minutes: anyone holding one can answer as the bot) appear in
+# discord.py's DEBUG lines: in webhook and callback URLs, and as "token" in raw gateway events.
+_TOKEN_PATTERNS = (
+    re.compile(r"(/(?:interactions|webhooks)/\d+/)[^/\s'\"?]+"),
+    re.compile(r"""(['"]token['"]\s*:\s*['"])[^'"]+"""),
+)
+
+
 class RedactSecrets(logging.Filter):
     """Replace secrets wherever they would appear: message, arguments, a formatted traceback or a
-    stack. Attached to the handler, so it sees every record, discord.py's included. The record is
+    stack. The secrets are the bot token and the log salt, plus every interaction token (by
+    pattern). Attached to the handler, so it sees every record, discord.py's included. The record is
     rewritten in place (message pre-formatted, traceback pre-rendered as text)."""
 
     def __init__(self, secrets: list[str]) -> None:
@@ -34,19 +44,21 @@ class RedactSecrets(logging.Filter):
     def scrub(self, text: str) -> str:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
+        if "token" in text or "/interactions/" in text or "/webhooks/" in text:
+            for pattern in _TOKEN_PATTERNS:
+                text = pattern.sub(rf"\g<1>{REDACTED}", text)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            record.msg = self.scrub(record.getMessage())
-            record.args = None
-            if record.exc_info:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-                record.exc_info = None  # formatters would otherwise render it again, unscrubbed
-            if record.exc_text:
-                record.exc_text = self.scrub(record.exc_text)
-            if record.stack_info:
-                record.stack_info = self.scrub(record.stack_info)
+        record.msg = self.scrub(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None  # formatters would otherwise render it again, unscrubbed
+        if record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.scrub(record.stack_info)
         return True
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -18,6 +21,11 @@ COMMAND_USAGE = {
     "sentiment": "/sentiment text",
     "embed": "/embed text [other]",
 }
+
+
+def is_local_path(checkpoint: str) -> bool:
+    """A folder on this machine rather than a hub id ("gpt2", "Helsinki-NLP/opus-mt-en-de")."""
+    return checkpoint.startswith(("/", ".", "~", "\\")) or "\\" in checkpoint or checkpoint.count("/") > 1 or Path(checkpoint).is_dir()
 
 
 def _count(n: int) -> str:
@@ -39,6 +47,13 @@ class Info(commands.Cog):
     def __init__(self, bot) -> None:
         self.bot = bot
 
+    def shown(self, checkpoint: str, interaction: discord.Interaction) -> str:
+        """A local checkpoint's full path only for owners; others see its folder name (the layout
+        of the host's disk is nobody else's business)."""
+        if interaction.user.id in self.bot.owner_id_set or not is_local_path(checkpoint):
+            return checkpoint
+        return re.split(r"[/\\]", checkpoint.rstrip("/\\"))[-1] or "(a local folder)"
+
     @app_commands.command(name="models", description="Which model runs each command, where, and whether it is loaded")
     async def models(self, interaction: discord.Interaction) -> None:
         embed = discord.Embed(title="Models", color=0x5865F2)
@@ -48,7 +63,7 @@ class Info(commands.Cog):
             shared = f" · shares weights with /{', /'.join(row['shared_with'])}" if row["shared_with"] and row["loaded"] else ""
             embed.add_field(
                 name=f"/{row['task']}",
-                value=f"`{row['auto_class']}`\n`{row['checkpoint'][:200]}`\n{row['device']} · {row['dtype']} · {state}{params}{shared}",
+                value=f"`{row['auto_class']}`\n`{self.shown(row['checkpoint'], interaction)[:200]}`\n{row['device']} · {row['dtype']} · {state}{params}{shared}",
                 inline=False,
             )
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_PINGS)
@@ -85,7 +100,7 @@ class Info(commands.Cog):
         for name, task in TASKS.items():
             embed.add_field(
                 name=COMMAND_USAGE[name],
-                value=f"{task.summary}\n`{task.auto_class_name}` · `{backend.checkpoints[name][:150]}`",
+                value=f"{task.summary}\n`{task.auto_class_name}` · `{self.shown(backend.checkpoints[name], interaction)[:150]}`",
                 inline=False,
             )
         embed.set_footer(text="/models: where each model runs · /status: how busy the bot is")

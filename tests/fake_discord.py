@@ -67,6 +67,21 @@ def _now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
+def team_json(team_id: int, members: list[tuple[int, str, int]]) -> dict[str, Any]:
+    """A team as Discord describes it; members are (user id, role, membership state) with role
+    admin | developer | read_only and state 1 (invited) or 2 (accepted). The first is the owner."""
+    return {
+        "id": str(team_id),
+        "name": "the team",
+        "icon": None,
+        "owner_user_id": str(members[0][0]),
+        "members": [
+            {"team_id": str(team_id), "user": _user_json(uid), "role": role, "membership_state": state, "permissions": ["*"]}
+            for uid, role, state in members
+        ],
+    }
+
+
 def _user_json(user_id: int, *, bot: bool = False) -> dict[str, Any]:
     name = "automodel-bot" if bot else f"user{str(user_id)[:4]}"
     return {
@@ -389,6 +404,9 @@ class FakeDiscord:
         self.replayed_count = 0  # dispatches re-sent on RESUME
         self.port = 0
         self.bot_user = _user_json(APP_ID, bot=True)
+        # A team-owned application when set: the "team" object of GET /oauth2/applications/@me
+        # (see team_json); None: owned by USER_ID.
+        self.team: dict[str, Any] | None = None
         self.users = {uid: _user_json(uid) for uid in (USER_ID, OTHER_USER_ID)} | {APP_ID: self.bot_user}
         self.channel = {
             "id": str(CHANNEL_ID),
@@ -446,6 +464,15 @@ class FakeDiscord:
 
     def next_id(self) -> int:
         return next(self._ids)
+
+    async def user_posts(self, content: str, *, user_id: int = USER_ID, mentions: tuple[int, ...] = ()) -> FakeMessage:
+        """A user's message in the guild channel (MESSAGE_CREATE), mentioning `mentions`."""
+        message = FakeMessage(self.next_id(), CHANNEL_ID, self.users.get(user_id, _user_json(user_id)), content=content)
+        self.messages[message.id] = message
+        data = message.to_json() | {"guild_id": str(GUILD_ID), "mentions": [self.users.get(u, _user_json(u)) for u in mentions]}
+        data["member"] = {"roles": [], "joined_at": _now_iso(), "deaf": False, "mute": False, "flags": 0}
+        await self.dispatch("MESSAGE_CREATE", data)
+        return message
 
     # -- waiting and inspecting -------------------------------------------------------------------
 
@@ -914,7 +941,9 @@ class FakeDiscord:
             "icon": None,
             "bot_public": False,
             "bot_require_code_grant": False,
-            "owner": self.users[USER_ID],
+            # Discord names a pseudo-user after the team as the owner of a team-owned application.
+            "owner": _user_json(int(self.team["id"])) if self.team else self.users[USER_ID],
+            "team": self.team,
             "verify_key": "0" * 64,
             "flags": 0,
             "bot": self.bot_user,

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -192,11 +194,12 @@ async def refused(interaction: FakeInteraction) -> str:
     return reply.content
 
 
-async def until(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    """Poll a condition the fake's request log cannot signal (executor state)."""
+async def until(predicate: Callable[[], bool], timeout: float = 10, what: str = "") -> None:
+    """Poll a condition the fake's request log cannot signal (executor state); fail, saying what
+    was awaited, if it does not hold within `timeout` seconds."""
     ends = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < ends, "timed out"
+        assert time.monotonic() < ends, f"timed out after {timeout:g} s waiting for {what or 'a condition'}"
         await asyncio.sleep(0.01)
 
 
@@ -443,9 +446,9 @@ async def test_second_command_within_the_cooldown_is_refused_with_when_to_retry(
 async def test_full_queue_is_refused_with_a_busy_reply(fake_discord, discord_bot, backend):
     with gated(backend):
         running = await fake_discord.invoke_slash("sentiment", {"text": "runs"})
-        await until(lambda: discord_bot.executor.lanes["sentiment"].running)
+        await until(lambda: discord_bot.executor.lanes["sentiment"].running, what="a running batch")
         queued = await fake_discord.invoke_slash("sentiment", {"text": "waits"}, user_id=OTHER_USER_ID)
-        await until(lambda: discord_bot.executor.lanes["sentiment"].depth == 1)
+        await until(lambda: discord_bot.executor.lanes["sentiment"].depth == 1, what="one queued request")
         content = await refused(await fake_discord.invoke_slash("sentiment", {"text": "no room"}, user_id=7))
     assert content.startswith("🚦 The bot is busy (1 /sentiment requests waiting, 1 in all).")
     assert TIMESTAMP.search(content)
@@ -457,10 +460,11 @@ async def test_a_request_whose_interaction_is_gone_is_not_computed(fake_discord,
     lane = discord_bot.executor.lanes["sentiment"]
     with gated(backend):
         busy = await fake_discord.invoke_slash("sentiment", {"text": "runs"}, user_id=OTHER_USER_ID)
-        await until(lambda: lane.running)
+        await until(lambda: lane.running, what="a running batch")
         fake_discord.fail_next(2, status=404, code=10062, route_filter=r"/callback$")  # the defer and the error
         await fake_discord.invoke_slash("sentiment", {"text": "acknowledged too late"})
-        await until(lambda: discord_bot.executor.outcomes[("sentiment", "Cancelled")] == 1)
+        await until(lambda: discord_bot.executor.outcomes[("sentiment", "Cancelled")] == 1,
+                    what="one cancelled job")
     assert (await final(busy)).embeds
 
 
@@ -470,7 +474,7 @@ async def test_a_request_whose_interaction_is_gone_is_not_computed(fake_discord,
 async def test_queued_request_shows_its_place_and_can_be_cancelled(fake_discord, discord_bot, backend):
     with gated(backend):
         first = await fake_discord.invoke_slash("sentiment", {"text": "first"})
-        await until(lambda: discord_bot.executor.lanes["sentiment"].running)
+        await until(lambda: discord_bot.executor.lanes["sentiment"].running, what="a running batch")
         second = await fake_discord.invoke_slash("sentiment", {"text": "second"}, user_id=OTHER_USER_ID)
         waiting = await second.wait_final(10, until=lambda m: bool(m.components))
         assert re.fullmatch(r"⏳ You are \*\*#1\*\* in line for /sentiment; it should start <t:\d+:R>\.",
@@ -570,6 +574,56 @@ async def test_admin_reload_refuses_a_checkpoint_that_is_not_allow_listed(fake_d
     content = await refused(await fake_discord.invoke_slash("admin reload", options))
     assert content == "⚠️ `evil/model@everyone` is not in ADMIN_CHECKPOINTS; add it there first."
     assert discord_bot.executor.backend.checkpoints["sentiment"].endswith("tiny-distilbert-sst2")
+
+
+def _with_name_case_swapped(path: str) -> str:
+    parent, _, name = path.rpartition("/")
+    return f"{parent}/{name.swapcase()}"
+
+
+# Spellings close to an allow-listed checkpoint that are not it: each must be refused as it is, never
+# normalised, stripped, case-folded, expanded or matched by prefix onto the allowed one.
+NEAR_MISSES: dict[str, Callable[[str], str]] = {
+    "trailing-slash": lambda path: path + "/",
+    "trailing-dot": lambda path: path + "/.",
+    "double-slash-inside": lambda path: "//".join(path.rsplit("/", 1)),
+    "sibling-via-dot-dot": lambda path: path + "/../tiny-gpt2",
+    "surrounding-whitespace": lambda path: f"  {path} ",
+    "trailing-newline": lambda path: path + "\n",
+    "changed-case": _with_name_case_swapped,
+    "trailing-zero-width-space": lambda path: path + "\u200b",
+    "file-url": lambda path: "file://" + path,
+    "home-relative": lambda path: "~/" + os.path.relpath(path, Path.home()),
+    "cwd-relative": lambda path: os.path.relpath(path),
+    "etc-passwd": lambda path: "/etc/passwd",
+    "filesystem-root": lambda path: "/",
+}
+
+
+@pytest.mark.parametrize("spelling", list(NEAR_MISSES))
+async def test_admin_reload_refuses_near_misses_of_an_allow_listed_checkpoint(
+    fake_discord, discord_bot, backend, tiny_checkpoints, spelling
+):
+    """A checkpoint that only looks like an allow-listed one is refused with the ephemeral
+    "not in ADMIN_CHECKPOINTS" reply; no checkpoint changes and nothing is loaded."""
+    allowed = str(tiny_checkpoints["ner"])  # in ADMIN_CHECKPOINTS (see bot_settings)
+    checkpoint = NEAR_MISSES[spelling](allowed)
+    assert checkpoint != allowed
+    switches: list[tuple[str, str]] = []
+    real_switch = backend.set_checkpoint
+
+    def recording_switch(task: str, target: str) -> None:
+        switches.append((task, target))
+        real_switch(task, target)
+
+    backend.set_checkpoint = recording_switch  # this test's own InjectingBackend
+    before = dict(backend.checkpoints)
+    options = {"task": "sentiment", "checkpoint": checkpoint}
+    content = await refused(await fake_discord.invoke_slash("admin reload", options))
+    assert content.startswith("⚠️ `"), content
+    assert content.endswith("` is not in ADMIN_CHECKPOINTS; add it there first."), content
+    assert not switches and backend.checkpoints == before
+    assert before["sentiment"] == str(tiny_checkpoints["sentiment"])
 
 
 async def test_admin_reload_switches_to_an_allow_listed_checkpoint(fake_discord, discord_bot, tiny_checkpoints):

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -48,6 +50,15 @@ async def started(settings, backend) -> Executor:
     executor = Executor(settings, backend)
     await executor.start()
     return executor
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    """Poll the executor's state until `predicate` holds; fail, saying what was awaited, after
+    `timeout` seconds."""
+    ends = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < ends, f"timed out after {timeout:g} s waiting for {what}"
+        await asyncio.sleep(0.001)
 
 
 async def test_concurrent_requests_are_batched_and_match_single_results(tiny_settings, real_backend):
@@ -140,7 +151,7 @@ async def test_queue_full_and_user_cap_fail_at_once(tiny_settings, real_backend)
     try:
         backend.gate.clear()
         first = await executor.enqueue("sentiment", SentimentRequest("one"), user_id=1)
-        await asyncio.sleep(0.05)  # the worker takes `first` and blocks on the gate
+        await wait_until(lambda: first.state == "running", "the worker to take `first` (it blocks on the gate)")
         jobs = [await executor.enqueue("sentiment", SentimentRequest("q"), user_id=u) for u in (2, 3, 4)]
         with pytest.raises(QueueFull, match="busy") as full:
             await executor.enqueue("sentiment", SentimentRequest("q"), user_id=5)
@@ -160,7 +171,7 @@ async def test_expired_and_cancelled_jobs_are_dropped_not_computed(tiny_settings
     try:
         backend.gate.clear()
         blocker = await executor.enqueue("sentiment", SentimentRequest("blocker"))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: blocker.state == "running", "the worker to take the blocker")
         expiring = await executor.enqueue("sentiment", SentimentRequest("expires"), timeout=0.01)
         cancelled = await executor.enqueue("sentiment", SentimentRequest("cancelled"))
         kept = await executor.enqueue("sentiment", SentimentRequest("kept"))
@@ -169,7 +180,7 @@ async def test_expired_and_cancelled_jobs_are_dropped_not_computed(tiny_settings
         assert executor.cancel(cancelled.id)
         with pytest.raises(Cancelled):
             await executor.wait(cancelled)  # ends at once, before the gate opens
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: time.monotonic() > expiring.deadline, "the expiring request's deadline")
         backend.gate.set()
         with pytest.raises(DeadlineExceeded, match="waited too long"):
             await executor.wait(expiring)
@@ -188,8 +199,7 @@ async def test_generation_streams_and_stops_when_cancelled(tiny_settings, real_b
         job = await executor.enqueue(
             "generate", GenerateRequest("Once upon a time", 200, seed=3), on_progress=partials.append
         )
-        while len(partials) < 3:
-            await asyncio.sleep(0.001)
+        await wait_until(lambda: len(partials) >= 3, "three streamed partial results", timeout=30)
         assert executor.cancel(job.id)
         with pytest.raises(Cancelled) as stopped:
             await executor.wait(job)
@@ -258,11 +268,12 @@ async def test_shutdown_resolves_everything_queued(tiny_settings, real_backend):
     executor = await started(make_settings(tiny_settings, max_batch_size=1, max_queued_per_user=100), backend)
     backend.gate.clear()
     jobs = [await executor.enqueue("sentiment", SentimentRequest(f"t{i}")) for i in range(6)]
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: jobs[0].state == "running", "the worker to take the first request")
     backend.gate.set()
     await executor.shutdown()
     outcomes = await asyncio.gather(*(j.future for j in jobs), return_exceptions=True)
     assert all(job.future.done() for job in jobs)
+    assert not isinstance(outcomes[0], BaseException), outcomes[0]  # the running one finished
     assert sum(isinstance(o, ShuttingDown) for o in outcomes) >= 5
     with pytest.raises(ShuttingDown):
         await executor.enqueue("sentiment", SentimentRequest("late"))
@@ -340,8 +351,7 @@ async def test_cancelling_a_running_job_ends_it_as_cancelled(tiny_settings, real
     try:
         backend.gate.clear()
         job = await executor.enqueue("sentiment", SentimentRequest("already running"))
-        while job.state != "running":
-            await asyncio.sleep(0.001)
+        await wait_until(lambda: job.state == "running", "the worker to take the job")
         assert executor.cancel(job.id)
         backend.gate.set()
         with pytest.raises(Cancelled) as cancelled:

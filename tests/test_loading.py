@@ -159,7 +159,12 @@ async def test_a_load_in_progress_does_not_hold_up_tasks_that_are_ready(peaked_s
         loading._LOCK.acquire()
         try:
             waiting = [asyncio.create_task(executor.submit(task, requests[task], user_id=i)) for i, task in enumerate(cold)]
-            await asyncio.sleep(0.2)  # their tokenizers are now waiting for the lock
+            for _ in range(500):  # until all four are tokenizing, i.e. waiting for their tokenizer's load
+                if all(executor.lanes[task].preparing for task in cold):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the cold requests never reached tokenizing")
             answer = await asyncio.wait_for(executor.submit("sentiment", requests["sentiment"], user_id=9), timeout=30)
             assert difference(run(fresh_backend, "sentiment", [requests["sentiment"]])[0], answer) is None
             assert not any(task.done() for task in waiting), "a cold task answered while the load lock was held"

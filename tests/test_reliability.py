@@ -18,12 +18,15 @@ import asyncio
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import discord
 import pytest
 
+import cogs.base
 from bot import loading, render
 from bot.backend import LocalBackend
+from bot.errors import RateLimited
 from bot.settings import SettingsError, load_settings
 from bot.tasks import ask as ask_task
 from bot.tasks import translate as translate_task
@@ -129,10 +132,11 @@ async def test_a_raising_handler_and_an_oom_batch_cost_only_the_bad_request(fake
     texts = ["a", "b", "x", "c", "d"]  # one token each: the four queued ones make one batch
     with gated(faulty):
         interactions = [await fake_discord.invoke_slash("sentiment", {"text": texts[0]}, user_id=USER_ID)]
-        await until(lambda: lane.running)  # "a" runs alone; the other four queue behind it
+        # "a" runs alone; the other four queue behind it
+        await until(lambda: lane.running, what="a running batch")
         interactions += [await fake_discord.invoke_slash("sentiment", {"text": text}, user_id=USER_ID + n)
                          for n, text in enumerate(texts[1:], 1)]
-        await until(lambda: lane.depth == 4)
+        await until(lambda: lane.depth == 4, what="four queued requests")
     replies = [await final(i) for i in interactions]
     for text, reply in zip(texts, replies):
         if text == "x":
@@ -143,6 +147,38 @@ async def test_a_raising_handler_and_an_oom_batch_cost_only_the_bad_request(fake
     sizes = [size for _, size in faulty.batches]
     assert sizes == [1, 4, 2, 1, 1, 2, 1, 1], sizes  # the batch of four split in halves, then single requests
     assert is_sentiment(await slash(fake_discord, "sentiment", {"text": "still working"}))
+
+
+async def test_a_request_that_breaks_its_batch_fails_alone(fake_discord, discord_bot, backend):
+    """The request "x" makes every batch it is in raise (not out of memory). It meets the others in
+    one real batch; they get their own results (the same as run alone later), and only "x" gets the
+    failure."""
+
+    def fault(task, batch):
+        if any(prepared.request.text == "x" for prepared in batch):
+            return ValueError("the handler blew up")
+        return None
+
+    backend.fault = fault
+    lane = discord_bot.executor.lanes["sentiment"]
+    texts = ["a", "b", "x", "c", "d"]  # one token each: the four queued ones make one batch
+    with gated(backend):
+        interactions = [await fake_discord.invoke_slash("sentiment", {"text": texts[0]}, user_id=USER_ID)]
+        # "a" runs alone; the other four queue behind it
+        await until(lambda: lane.running, what="a running batch")
+        interactions += [await fake_discord.invoke_slash("sentiment", {"text": text}, user_id=USER_ID + n)
+                         for n, text in enumerate(texts[1:], 1)]
+        await until(lambda: lane.depth == 4, what="four queued requests")
+    replies = dict(zip(texts, [await final(i) for i in interactions]))
+    sizes = [size for _, size in backend.batches]  # before the runs below add theirs
+    assert re.fullmatch(r"⚠️ The model failed on this request \(error id \d+\)\. Try again or change the input\.",
+                        replies["x"].content), replies["x"].content
+    backend.fault = None
+    for text in ("a", "b", "c", "d"):
+        assert is_sentiment(replies[text]), replies[text].content
+        alone = await slash(fake_discord, "sentiment", {"text": text}, user_id=OTHER_USER_ID + 1)
+        assert replies[text].embeds == alone.embeds, text
+    assert sizes == [1, 4, 1, 1, 1, 1], sizes  # "x" was in a batch of four, then each ran alone
 
 
 # -- faults: a checkpoint that cannot be loaded at start --------------------------------------------
@@ -213,7 +249,7 @@ async def test_progress_edits_refused_by_discord_do_not_stop_the_result(fake_dis
     lane = discord_bot.executor.lanes["sentiment"]
     with gated(backend):
         first = await fake_discord.invoke_slash("sentiment", {"text": "holds the worker"})
-        await until(lambda: lane.running)
+        await until(lambda: lane.running, what="a running batch")
         fault = fake_discord.fail_next(5, status=429, retry_after=0.01, route_filter=progress_edit)
         waiting = await fake_discord.invoke_slash("sentiment", {"text": "waits in line"}, user_id=OTHER_USER_ID)
         await fake_discord.wait_for(lambda: fault.remaining == 0, 10, "five refused progress edits")
@@ -227,7 +263,7 @@ async def test_the_gateway_dropping_mid_job_loses_nothing(fake_discord, discord_
     lane = discord_bot.executor.lanes["sentiment"]
     with gated(backend):
         running = await fake_discord.invoke_slash("sentiment", {"text": "computed while the gateway is down"})
-        await until(lambda: lane.running)
+        await until(lambda: lane.running, what="a running batch")
         await running.wait_callback()
         await fake_discord.drop_gateway(wait_resumed=False)
         missed = await fake_discord.invoke_slash("sentiment", {"text": "sent while it is down"}, user_id=OTHER_USER_ID)
@@ -389,6 +425,32 @@ def test_work_per_request_and_attachments_are_bounded():
                                                                         [len(d) for _, d in reply.files])
 
 
+def test_the_cooldown_table_forgets_users_who_went_quiet(monkeypatch):
+    """The cooldown table does not keep every user who ever sent a command: once it passes 10,000
+    users it falls back to those still inside their cooldown (who stay refused), and under a stream
+    of new users it never holds more than 10,001."""
+    clock = SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(cogs.base, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    cooldowns = cogs.base.Cooldowns(seconds=1.0)
+
+    def one_command_each(users: range) -> list[int]:
+        sizes = []
+        for user_id in users:
+            clock.now += 0.01  # a hundred new users a second, so about a hundred inside their cooldown
+            cooldowns.check(user_id)
+            sizes.append(len(cooldowns.last))
+        return sizes
+
+    sizes = one_command_each(range(10_001))  # the 10,001st user: the quiet ones are forgotten
+    still_cooling = set(range(10_001 - 100, 10_001))  # checked within the last second
+    assert still_cooling <= set(cooldowns.last) and len(cooldowns.last) <= 101, len(cooldowns.last)
+    for user_id in (10_001 - 100, 10_000):
+        with pytest.raises(RateLimited):
+            cooldowns.check(user_id)
+    sizes += one_command_each(range(10_001, 50_000))
+    assert max(sizes) <= 10_001 and len(cooldowns.last) <= 10_001, max(sizes)
+
+
 async def test_an_expired_interaction_is_dropped_quietly(fake_discord, discord_bot, backend):
     """The defer is answered 10062 (the token died before the bot answered): the job is cancelled
     before it is computed, nothing is acknowledged twice (40060), no error is logged as unexpected,
@@ -398,10 +460,11 @@ async def test_an_expired_interaction_is_dropped_quietly(fake_discord, discord_b
     lane = discord_bot.executor.lanes["sentiment"]
     with gated(backend):
         busy = await fake_discord.invoke_slash("sentiment", {"text": "runs"}, user_id=OTHER_USER_ID)
-        await until(lambda: lane.running)
+        await until(lambda: lane.running, what="a running batch")
         expired = await fake_discord.invoke_slash("sentiment", {"text": "too late"}, expired=True)
         await expired.wait_callback()
-        await until(lambda: discord_bot.executor.outcomes[("sentiment", "Cancelled")] == 1)
+        await until(lambda: discord_bot.executor.outcomes[("sentiment", "Cancelled")] == 1,
+                    what="one cancelled job")
     assert is_sentiment(await final(busy))
     codes = [(r.response or {}).get("code") for r in expired.requests]
     assert codes == [10062] and expired.callback_type is None, codes

@@ -127,21 +127,27 @@ def faulty(backend):
     return backend
 
 
-async def test_a_raising_handler_and_an_oom_batch_cost_only_the_bad_request(fake_discord, discord_bot, faulty):
+TEXTS = ["a", "b", "x", "c", "d"]  # one token each: the four queued ones make one batch
+FAILED = r"⚠️ The model failed on this request \(error id \d+\)\. Try again or change the input\."
+
+
+async def replies_to_one_run_then_a_batch_of_four(fake_discord, discord_bot, backend) -> dict[str, object]:
+    """"a" runs alone while "b", "x", "c", "d" queue behind it (from four users), so they form one batch."""
     lane = discord_bot.executor.lanes["sentiment"]
-    texts = ["a", "b", "x", "c", "d"]  # one token each: the four queued ones make one batch
-    with gated(faulty):
-        interactions = [await fake_discord.invoke_slash("sentiment", {"text": texts[0]}, user_id=USER_ID)]
-        # "a" runs alone; the other four queue behind it
+    with gated(backend):
+        interactions = [await fake_discord.invoke_slash("sentiment", {"text": TEXTS[0]}, user_id=USER_ID)]
         await until(lambda: lane.running, what="a running batch")
         interactions += [await fake_discord.invoke_slash("sentiment", {"text": text}, user_id=USER_ID + n)
-                         for n, text in enumerate(texts[1:], 1)]
+                         for n, text in enumerate(TEXTS[1:], 1)]
         await until(lambda: lane.depth == 4, what="four queued requests")
-    replies = [await final(i) for i in interactions]
-    for text, reply in zip(texts, replies):
+    return dict(zip(TEXTS, [await final(i) for i in interactions]))
+
+
+async def test_a_raising_handler_and_an_oom_batch_cost_only_the_bad_request(fake_discord, discord_bot, faulty):
+    replies = await replies_to_one_run_then_a_batch_of_four(fake_discord, discord_bot, faulty)
+    for text, reply in replies.items():
         if text == "x":
-            assert re.fullmatch(r"⚠️ The model failed on this request \(error id \d+\)\. Try again or change the input\.",
-                                reply.content)
+            assert re.fullmatch(FAILED, reply.content)
         else:
             assert is_sentiment(reply), reply.content
     sizes = [size for _, size in faulty.batches]
@@ -160,19 +166,9 @@ async def test_a_request_that_breaks_its_batch_fails_alone(fake_discord, discord
         return None
 
     backend.fault = fault
-    lane = discord_bot.executor.lanes["sentiment"]
-    texts = ["a", "b", "x", "c", "d"]  # one token each: the four queued ones make one batch
-    with gated(backend):
-        interactions = [await fake_discord.invoke_slash("sentiment", {"text": texts[0]}, user_id=USER_ID)]
-        # "a" runs alone; the other four queue behind it
-        await until(lambda: lane.running, what="a running batch")
-        interactions += [await fake_discord.invoke_slash("sentiment", {"text": text}, user_id=USER_ID + n)
-                         for n, text in enumerate(texts[1:], 1)]
-        await until(lambda: lane.depth == 4, what="four queued requests")
-    replies = dict(zip(texts, [await final(i) for i in interactions]))
+    replies = await replies_to_one_run_then_a_batch_of_four(fake_discord, discord_bot, backend)
     sizes = [size for _, size in backend.batches]  # before the runs below add theirs
-    assert re.fullmatch(r"⚠️ The model failed on this request \(error id \d+\)\. Try again or change the input\.",
-                        replies["x"].content), replies["x"].content
+    assert re.fullmatch(FAILED, replies["x"].content), replies["x"].content
     backend.fault = None
     for text in ("a", "b", "c", "d"):
         assert is_sentiment(replies[text]), replies[text].content

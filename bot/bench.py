@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from bot import loading
+from bot.inference import loading
 from bot.settings import Settings
 
 ENCODER_TASKS = ("sentiment", "embed", "ner", "ask", "mask")
@@ -88,7 +88,7 @@ def heavy_tailed_texts(n: int, tokenizer, max_tokens: int, rng: random.Random) -
 
 
 def make_request(task: str, text: str, rng: random.Random, new_tokens: int) -> Any:
-    from bot.tasks import ask, embed, generate, mask, ner, sentiment
+    from bot.inference.tasks import ask, embed, generate, mask, ner, sentiment
 
     if task == "generate":
         return generate.GenerateRequest(text, new_tokens, temperature=0.8, seed=rng.randrange(2**31))
@@ -207,7 +207,7 @@ class Naive:
     def __init__(self, task: str, checkpoint: Path, quantize: bool = False) -> None:
         from transformers import AutoTokenizer
 
-        from bot.tasks import TASKS
+        from bot.inference.tasks import TASKS
 
         self.task = task
         self.tokenizer = loading.load_pretrained(AutoTokenizer.from_pretrained, checkpoint)
@@ -260,8 +260,8 @@ def encoder_rows(task: str, pairs: list[tuple[Measurement, Measurement]], peak: 
 
 
 async def bench_encoder(task, checkpoint, settings, args, rng, peak, quantize=False) -> tuple[list[str], dict]:
-    from bot.backend import LocalBackend
-    from bot.executor import Executor
+    from bot.inference.executor import Executor
+    from bot.inference.local import LocalBackend
 
     naive = Naive(task, checkpoint)
     tokenizer = naive.tokenizer
@@ -317,8 +317,8 @@ def int8_agreement(task: str, checkpoint: Path, requests: list) -> str:
 
 
 async def bench_generate(checkpoint, settings, args, rng) -> list[str]:
-    from bot.backend import LocalBackend
-    from bot.executor import Executor
+    from bot.inference.executor import Executor
+    from bot.inference.local import LocalBackend
 
     naive = Naive("generate", checkpoint)
     prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))) for _ in range(128)]

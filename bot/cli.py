@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bot.errors import BotError, ModelUnavailable
+from bot.inference.errors import BotError, ModelUnavailable
 from bot.settings import DEFAULT_CHECKPOINTS, Settings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ async def run_until_signal(bot: Any, token: str) -> None:
 
 
 def build_request(args: argparse.Namespace) -> Any:
-    from bot.tasks import ask, embed, generate, mask, ner, sentiment, translate
+    from bot.inference.tasks import ask, embed, generate, mask, ner, sentiment, translate
 
     needs_second = {"ask": "CONTEXT"}
     if args.task in needs_second and args.second is None:
@@ -166,7 +166,7 @@ def build_request(args: argparse.Namespace) -> Any:
 
 
 def cmd_try(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.executor import Executor
+    from bot.inference.executor import Executor
     from bot.render import as_text
 
     request = build_request(args)
@@ -185,8 +185,8 @@ def cmd_try(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    from bot.backend import LocalBackend
-    from bot.tasks import TASKS
+    from bot.inference.local import LocalBackend
+    from bot.inference.tasks import TASKS
 
     backend = LocalBackend(settings)
     if args.load:

@@ -20,7 +20,7 @@ from discord.ext import commands
 from bot.tree import BotTree
 
 if TYPE_CHECKING:
-    from bot.executor import Executor
+    from bot.inference.executor import Executor
     from bot.metrics import MetricsServer
     from bot.settings import Settings
 
@@ -76,7 +76,7 @@ class AutoModelBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         if self.executor is None:
-            from bot.executor import Executor
+            from bot.inference.executor import Executor
 
             self.executor = Executor.from_settings(self.settings)
         from bot.logs import RequestLog

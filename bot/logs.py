@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from bot.settings import Settings
 
 if TYPE_CHECKING:
-    from bot.executor import Job
+    from bot.inference.executor import Job
 
 REDACTED = "[REDACTED]"
 # Libraries that give their logger a stderr handler of its own (transformers also stops propagation).

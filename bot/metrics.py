@@ -29,7 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
     from bot.client import AutoModelBot
-    from bot.executor import Job
+    from bot.inference.executor import Job
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class MetricsServer:
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        from bot.errors import BotError
+        from bot.inference.errors import BotError
 
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()

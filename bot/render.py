@@ -14,13 +14,13 @@ from typing import Any
 
 import discord
 
-from bot.tasks.ask import AskResult
-from bot.tasks.embed import EmbedResult
-from bot.tasks.generate import GenerateResult
-from bot.tasks.mask import MaskResult
-from bot.tasks.ner import NerResult
-from bot.tasks.sentiment import SentimentResult
-from bot.tasks.translate import TranslateResult
+from bot.inference.tasks.ask import AskResult
+from bot.inference.tasks.embed import EmbedResult
+from bot.inference.tasks.generate import GenerateResult
+from bot.inference.tasks.mask import MaskResult
+from bot.inference.tasks.ner import NerResult
+from bot.inference.tasks.sentiment import SentimentResult
+from bot.inference.tasks.translate import TranslateResult
 
 BAR_WIDTH = 20
 

@@ -10,7 +10,7 @@ import time
 import discord
 from discord import app_commands
 
-from bot.errors import BotError, Cancelled, QueueFull, RateLimited
+from bot.inference.errors import BotError, Cancelled, QueueFull, RateLimited
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import InputError, ModelUnavailable
-from bot.tasks import TASKS
+from bot.inference.errors import InputError, ModelUnavailable
+from bot.inference.tasks import TASKS
 from bot.tree import NO_PINGS, NotOwner, check_declared_options
 
 log = logging.getLogger(__name__)

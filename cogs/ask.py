@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from bot.tasks.ask import AskRequest
+from bot.inference.tasks.ask import AskRequest
 from cogs.base import MAX_TEXT, TaskCog
 
 

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
-from bot.errors import Cancelled, RateLimited
+from bot.inference.errors import Cancelled, RateLimited
+from bot.inference.tasks.generate import GenerateResult
 from bot.render import Reply, as_reply, prepend, reply_generate
-from bot.tasks.generate import GenerateResult
 from bot.tree import NO_PINGS, check_declared_options
 
 if TYPE_CHECKING:
     from bot.client import AutoModelBot
-    from bot.executor import Executor, Job
+    from bot.inference.executor import Executor, Job
 
 log = logging.getLogger(__name__)
 

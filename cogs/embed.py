@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from bot.tasks.embed import EmbedRequest
+from bot.inference.tasks.embed import EmbedRequest
 from cogs.base import MAX_TEXT, TaskCog
 
 

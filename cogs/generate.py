@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from bot.tasks.generate import GenerateRequest
+from bot.inference.tasks.generate import GenerateRequest
 from cogs.base import TaskCog
 
 

@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.tasks import TASKS
+from bot.inference.tasks import TASKS
 from bot.tree import NO_PINGS
 
 COMMAND_USAGE = {

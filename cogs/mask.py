@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from bot.tasks.mask import MaskRequest
+from bot.inference.tasks.mask import MaskRequest
 from cogs.base import MAX_TEXT, TaskCog
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from bot.errors import InputError
-from bot.tasks.ner import NerRequest
-from bot.tasks.sentiment import SentimentRequest
-from bot.tasks.translate import TranslateRequest
+from bot.inference.errors import InputError
+from bot.inference.tasks.ner import NerRequest
+from bot.inference.tasks.sentiment import SentimentRequest
+from bot.inference.tasks.translate import TranslateRequest
 from cogs.base import TaskCog
 
 MENUS = {

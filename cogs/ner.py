@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from bot.tasks.ner import NerRequest
+from bot.inference.tasks.ner import NerRequest
 from cogs.base import MAX_TEXT, TaskCog
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from bot.tasks.sentiment import SentimentRequest
+from bot.inference.tasks.sentiment import SentimentRequest
 from cogs.base import MAX_TEXT, TaskCog
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from bot.tasks.translate import TranslateRequest
+from bot.inference.tasks.translate import TranslateRequest
 from cogs.base import MAX_TEXT, TaskCog
 
 

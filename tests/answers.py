@@ -9,15 +9,15 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from bot.backend import LocalBackend
-from bot.tasks import BatchContext
-from bot.tasks.ask import AskRequest
-from bot.tasks.embed import EmbedRequest
-from bot.tasks.generate import GenerateRequest
-from bot.tasks.mask import MaskRequest
-from bot.tasks.ner import NerRequest
-from bot.tasks.sentiment import SentimentRequest
-from bot.tasks.translate import TranslateRequest
+from bot.inference.local import LocalBackend
+from bot.inference.tasks import BatchContext
+from bot.inference.tasks.ask import AskRequest
+from bot.inference.tasks.embed import EmbedRequest
+from bot.inference.tasks.generate import GenerateRequest
+from bot.inference.tasks.mask import MaskRequest
+from bot.inference.tasks.ner import NerRequest
+from bot.inference.tasks.sentiment import SentimentRequest
+from bot.inference.tasks.translate import TranslateRequest
 
 SCORE_TOLERANCE = 1e-4
 SHORT = "The bridge in Paris was wonderful."

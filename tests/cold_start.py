@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from transformers import PreTrainedModel  # noqa: E402
 
-from bot import loading  # noqa: E402
-from bot.backend import LocalBackend  # noqa: E402
-from bot.executor import Executor  # noqa: E402
+from bot.inference import loading  # noqa: E402
+from bot.inference.executor import Executor  # noqa: E402
+from bot.inference.local import LocalBackend  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from tests.answers import difference, first_requests  # noqa: E402
 

@@ -1181,7 +1181,7 @@ class _ErrorCollector(logging.Handler):
 
 
 class PlaceholderExecutor:
-    """Stands in for bot.executor.Executor where a test wants no models and no worker threads."""
+    """Stands in for bot.inference.executor.Executor where a test wants no models and no worker threads."""
 
     def __init__(self) -> None:
         self.running = False
@@ -1236,7 +1236,7 @@ def bot_extensions() -> tuple[str, ...]:
 def bot_executor():
     """The executor handed to AutoModelBot; None lets setup_hook build the real one from settings."""
     try:
-        import bot.executor  # noqa: F401
+        import bot.inference.executor  # noqa: F401
     except ImportError:
         return PlaceholderExecutor()
     return None

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from bot.backend import LocalBackend
+from bot.inference.local import LocalBackend
 
 
 class InjectingBackend:

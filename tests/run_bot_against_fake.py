@@ -21,7 +21,7 @@ import yarl
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot import cli  # noqa: E402
-from bot.backend import LocalBackend  # noqa: E402
+from bot.inference.local import LocalBackend  # noqa: E402
 
 
 def hold_batches(gate: Path) -> None:

@@ -21,17 +21,17 @@ import pytest
 
 import cogs.base
 from bot import render
-from bot.backend import LocalBackend
 from bot.client import EXTENSIONS, AutoModelBot
-from bot.executor import Executor
+from bot.inference.executor import Executor
+from bot.inference.local import LocalBackend
+from bot.inference.tasks.ask import AskResult
+from bot.inference.tasks.embed import EmbedResult
+from bot.inference.tasks.generate import GenerateResult
+from bot.inference.tasks.mask import Candidate, MaskResult
+from bot.inference.tasks.ner import Entity, NerResult
+from bot.inference.tasks.sentiment import SentimentResult
+from bot.inference.tasks.translate import TranslateResult
 from bot.settings import load_settings
-from bot.tasks.ask import AskResult
-from bot.tasks.embed import EmbedResult
-from bot.tasks.generate import GenerateResult
-from bot.tasks.mask import Candidate, MaskResult
-from bot.tasks.ner import Entity, NerResult
-from bot.tasks.sentiment import SentimentResult
-from bot.tasks.translate import TranslateResult
 from tests.fake_discord import (
     APP_ID,
     CHANNEL_ID,

@@ -12,9 +12,8 @@ from collections.abc import Callable
 
 import pytest
 
-from bot import executor as executor_module
-from bot.backend import LocalBackend
-from bot.errors import (
+from bot.inference import executor as executor_module
+from bot.inference.errors import (
     BotError,
     Cancelled,
     DeadlineExceeded,
@@ -25,10 +24,11 @@ from bot.errors import (
     ShuttingDown,
     UserBusy,
 )
-from bot.executor import Executor, cut_batch
-from bot.tasks import generate as generate_task
-from bot.tasks.generate import GenerateRequest
-from bot.tasks.sentiment import SentimentRequest
+from bot.inference.executor import Executor, cut_batch
+from bot.inference.local import LocalBackend
+from bot.inference.tasks import generate as generate_task
+from bot.inference.tasks.generate import GenerateRequest
+from bot.inference.tasks.sentiment import SentimentRequest
 from tests.faults import InjectingBackend
 
 TEXTS = ["short", "a rather longer text about the weather in Berlin today", "mid sized text", "x " * 60]

@@ -13,10 +13,10 @@ import dataclasses
 
 import pytest
 
-from bot.backend import LocalBackend
-from bot.executor import Executor
-from bot.tasks import ask, embed, generate, mask, ner, sentiment, translate
-from bot.tasks.base import pad_rows
+from bot.inference.executor import Executor
+from bot.inference.local import LocalBackend
+from bot.inference.tasks import ask, embed, generate, mask, ner, sentiment, translate
+from bot.inference.tasks.base import pad_rows
 from tests.answers import CASES, difference, run, task_of
 
 TASK_MODULES = {"generate": generate, "mask": mask, "translate": translate, "ask": ask, "ner": ner,

@@ -1,6 +1,6 @@
 """Model loading under concurrency (#10): cold starts, failed loads, a load in progress, memory-budget
 unloading and /admin reload during traffic. transformers' from_pretrained is not thread-safe
-(bot/loading.py says why); every answer here must still equal the request's answer alone."""
+(bot/inference/loading.py says why); every answer here must still equal the request's answer alone."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ import torch
 import transformers
 from transformers import PreTrainedModel
 
-from bot import loading
-from bot.backend import LocalBackend
-from bot.errors import ModelUnavailable
-from bot.executor import Executor
+from bot.inference import loading
+from bot.inference.errors import ModelUnavailable
+from bot.inference.executor import Executor
+from bot.inference.local import LocalBackend
 from tests.answers import difference, first_requests, run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def test_a_failed_load_among_concurrent_loads_poisons_nothing(peaked_settings, f
 def test_tie_weights_left_patched_elsewhere_is_put_back_before_a_load(fresh_backend, caplog):
     """What an unguarded overlapping load leaves behind (the no-op restored as the "original")."""
     PreTrainedModel.tie_weights = lambda self, *args, **kwargs: None
-    with caplog.at_level(logging.WARNING, logger="bot.loading"):
+    with caplog.at_level(logging.WARNING, logger="bot.inference.loading"):
         assert_tied(fresh_backend)
     assert PreTrainedModel.tie_weights is loading._TIE_WEIGHTS
     assert "left patched" in caplog.text
@@ -192,7 +192,7 @@ async def test_unloading_and_reload_during_traffic_keep_every_answer(peaked_sett
     executor = Executor(settings, backend)
     await executor.start()
     try:
-        with caplog.at_level(logging.INFO, logger="bot.backend"):
+        with caplog.at_level(logging.INFO, logger="bot.inference.local"):
             for round_ in range(3):
                 submitted = [executor.submit(task, request, user_id=round_ * 10 + i)
                              for i, (task, request) in enumerate(requests.items())]

@@ -25,7 +25,7 @@ from discord.ext import commands
 
 from bot import cli
 from bot.client import EXTENSIONS, AutoModelBot, ShardedAutoModelBot, create_bot
-from bot.errors import BotError
+from bot.inference.errors import BotError
 from bot.logs import REDACTED, JsonFormatter, configure_logging, hash_user
 from bot.settings import SettingsError, load_settings
 from tests.fake_discord import DEFERRED_CHANNEL_MESSAGE, GUILD_ID, OTHER_USER_ID, TOKEN, USER_ID

@@ -24,17 +24,18 @@ import discord
 import pytest
 
 import cogs.base
-from bot import loading, render
-from bot.backend import LocalBackend
-from bot.errors import RateLimited
+from bot import render
+from bot.inference import loading
+from bot.inference.errors import RateLimited
+from bot.inference.local import LocalBackend
+from bot.inference.tasks import ask as ask_task
+from bot.inference.tasks import translate as translate_task
+from bot.inference.tasks.embed import EmbedResult
+from bot.inference.tasks.generate import GenerateResult
+from bot.inference.tasks.mask import Candidate, MaskResult
+from bot.inference.tasks.ner import Entity, NerResult
+from bot.inference.tasks.translate import TranslateResult
 from bot.settings import SettingsError, load_settings
-from bot.tasks import ask as ask_task
-from bot.tasks import translate as translate_task
-from bot.tasks.embed import EmbedResult
-from bot.tasks.generate import GenerateResult
-from bot.tasks.mask import Candidate, MaskResult
-from bot.tasks.ner import Entity, NerResult
-from bot.tasks.translate import TranslateResult
 from tests.fake_discord import (
     APP_ID,
     CHANNEL_ID,

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import transformers
 
-from bot import executor as executor_module
-from bot.backend import LocalBackend
-from bot.executor import Executor
+from bot.inference import executor as executor_module
+from bot.inference.executor import Executor
+from bot.inference.local import LocalBackend
+from bot.inference.tasks import TASKS
+from bot.inference.tasks.sentiment import SentimentRequest
 from bot.logs import REDACTED, configure_logging
-from bot.tasks import TASKS
-from bot.tasks.sentiment import SentimentRequest
 from tests.fake_discord import APP_ID, OTHER_USER_ID, TOKEN, USER_ID, team_json
 
 # Fixtures of the end-to-end cog tests: the real bot on tiny models, and the autouse check that

@@ -10,16 +10,16 @@ import math
 
 import pytest
 
-from bot.backend import LocalBackend
-from bot.errors import InputError, InputTooLong
-from bot.tasks import TASKS, BatchContext
-from bot.tasks.ask import AskRequest
-from bot.tasks.embed import EmbedRequest
-from bot.tasks.generate import GenerateRequest
-from bot.tasks.mask import MaskRequest, _token_text
-from bot.tasks.ner import NerRequest, group_entities
-from bot.tasks.sentiment import SentimentRequest
-from bot.tasks.translate import TranslateRequest, pack_chunks
+from bot.inference.errors import InputError, InputTooLong
+from bot.inference.local import LocalBackend
+from bot.inference.tasks import TASKS, BatchContext
+from bot.inference.tasks.ask import AskRequest
+from bot.inference.tasks.embed import EmbedRequest
+from bot.inference.tasks.generate import GenerateRequest
+from bot.inference.tasks.mask import MaskRequest, _token_text
+from bot.inference.tasks.ner import NerRequest, group_entities
+from bot.inference.tasks.sentiment import SentimentRequest
+from bot.inference.tasks.translate import TranslateRequest, pack_chunks
 
 LONG_CONTEXT = " ".join(f"Sentence number {i} says that Anna lives in Vienna and works for Siemens." for i in range(40))
 

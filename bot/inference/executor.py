@@ -3,7 +3,7 @@
     job = await executor.enqueue("sentiment", request, user_id=...)   # fails fast: QueueFull, InputError
     result = await executor.wait(job)                                   # or: await executor.submit(...)
 
-Every accepted job ends exactly once: a result, or one of the errors in bot.errors. Batches are
+Every accepted job ends exactly once: a result, or one of the errors in bot.inference.errors. Batches are
 formed as soon as a worker is free (no waiting window), from a window of queued jobs taken
 round-robin across users, sorted by length, and cut under a padded-token budget; the job of the
 user served least recently is always in the next batch, so nobody waits indefinitely.
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.errors import (
+from bot.inference.errors import (
     BotError,
     Cancelled,
     DeadlineExceeded,
@@ -33,8 +33,8 @@ from bot.errors import (
     ShuttingDown,
     UserBusy,
 )
+from bot.inference.tasks import TASKS, BatchContext, Prepared
 from bot.settings import Settings
-from bot.tasks import TASKS, BatchContext, Prepared
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class Executor:
     @classmethod
     def from_settings(cls, settings: Settings, backend: Any = None) -> Executor:
         if backend is None:
-            from bot.backend import LocalBackend
+            from bot.inference.local import LocalBackend
 
             backend = LocalBackend(settings)
         return cls(settings, backend)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bot.tasks.base import (
+from bot.inference.tasks.base import (
     BatchContext,
     ModelInfo,
     Prepared,

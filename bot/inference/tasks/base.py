@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from bot.errors import InputError, InputTooLong
+from bot.inference.errors import InputError, InputTooLong
 
 if TYPE_CHECKING:
     from bot.settings import Settings

@@ -65,5 +65,5 @@ def meta_tensors(model: torch.nn.Module) -> list[str]:
 
 def _restore_tie_weights() -> None:
     if PreTrainedModel.tie_weights is not _TIE_WEIGHTS:
-        log.warning("PreTrainedModel.tie_weights was left patched by a load outside bot.loading; restoring it")
+        log.warning("PreTrainedModel.tie_weights was left patched by a load outside bot.inference.loading; restoring it")
         PreTrainedModel.tie_weights = _TIE_WEIGHTS

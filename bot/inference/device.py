@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bot.errors import ModelUnavailable
+from bot.inference.errors import ModelUnavailable
 
 
 def resolve_device(setting: str) -> torch.device:

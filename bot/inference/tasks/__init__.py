@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bot.tasks import ask, embed, generate, mask, ner, sentiment, translate
-from bot.tasks.base import BatchContext, ModelInfo, Prepared, Task
+from bot.inference.tasks import ask, embed, generate, mask, ner, sentiment, translate
+from bot.inference.tasks.base import BatchContext, ModelInfo, Prepared, Task
 
 TASKS: dict[str, Task] = {
     module.TASK.name: module.TASK for module in (generate, mask, translate, ask, ner, sentiment, embed)

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from bot import loading
-from bot.device import device_memory, resolve_device, resolve_dtype
-from bot.errors import ModelUnavailable
+from bot.inference import loading
+from bot.inference.device import device_memory, resolve_device, resolve_dtype
+from bot.inference.errors import ModelUnavailable
+from bot.inference.tasks import TASKS, BatchContext, ModelInfo, Prepared
 from bot.settings import Settings
-from bot.tasks import TASKS, BatchContext, ModelInfo, Prepared
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class LocalBackend:
 
 
 def _load(task: str, checkpoint: str, loader, **options):
-    """A from_pretrained, serialized with every other load (bot.loading); any failure becomes
+    """A from_pretrained, serialized with every other load (bot.inference.loading); any failure becomes
     ModelUnavailable with a one-line remedy."""
     try:
         return loading.load_pretrained(loader, checkpoint, **options)

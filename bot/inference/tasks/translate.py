@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from bot.errors import InputTooLong
-from bot.tasks.base import (
+from bot.inference.errors import InputTooLong
+from bot.inference.tasks.base import (
     BatchContext,
     ModelInfo,
     Prepared,

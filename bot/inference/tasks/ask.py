@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bot.errors import InputTooLong
-from bot.tasks.base import (
+from bot.inference.errors import InputTooLong
+from bot.inference.tasks.base import (
     BatchContext,
     ModelInfo,
     Prepared,

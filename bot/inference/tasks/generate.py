@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from bot.tasks.base import (
+from bot.inference.tasks.base import (
     BatchContext,
     ModelInfo,
     Prepared,
@@ -121,7 +121,7 @@ class RowSampler(LogitsProcessor):
         self.prompt_width = prompt_width
         self.sampled = torch.tensor([r.do_sample for r in requests])
         # float32 named, not torch's default dtype: another thread's model load changes the default
-        # for the whole process while it runs (bot.loading), and a row's draw must not depend on that.
+        # for the whole process while it runs (bot.inference.loading), and a row's draw must not depend on that.
         self.temperature = torch.tensor([max(r.temperature, 1e-5) for r in requests], dtype=torch.float32).unsqueeze(1)
         self.top_p = torch.tensor([r.top_p for r in requests], dtype=torch.float32).unsqueeze(1)
         self.seeds = torch.tensor([r.seed for r in requests], dtype=torch.int64).unsqueeze(1)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bot.errors import InputError
-from bot.tasks.base import (
+from bot.inference.errors import InputError
+from bot.inference.tasks.base import (
     BatchContext,
     ModelInfo,
     Prepared,

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     attempt.add_argument("--top-k", type=int, default=5)
     attempt.add_argument("--json", action="store_true", help="print the result as JSON")
 
+    serve = sub.add_parser("serve", help="deploy or update the models on the Ray cluster at RAY_ADDRESS (INFERENCE=ray)")
+    serve.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every replica to run")
+
     bench = sub.add_parser("bench", help="benchmark the executor against naive one-at-a-time inference")
     from bot.bench import add_arguments
 
@@ -227,12 +230,36 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return run_bench(args, settings)
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Deploy (or update: Serve replaces replicas gradually) every model group on the cluster and
+    print where each replica landed. The cluster outlives this command; bots connect to it."""
+    if not settings.ray_address:
+        return _fail(
+            "RAY_ADDRESS is empty: `serve` deploys onto a running Ray cluster. Start one (`ray start --head`) and "
+            "set RAY_ADDRESS=auto (on that machine) or to its address. For a one-machine try-out, "
+            "`automodel-bot run` with INFERENCE=ray and RAY_ADDRESS empty starts a local Ray itself.",
+            EXIT_USAGE,
+        )
+    try:
+        from bot.inference import ray_serve
+    except ImportError:
+        return _fail('Ray Serve is not installed: pip install "automodel-bot[ray]" (or "ray[serve]").', EXIT_USAGE)
+    placement = ray_serve.deploy(settings, timeout=args.timeout)
+    print(f"{'deployment':<12} {'replica':<10} {'node':<13} {'device':<8} loaded")
+    for replica in placement:
+        models = replica["models"]
+        print(f"{replica['deployment']:<12} {replica['replica']:<10} {replica['node']:<13} "
+              f"{(models[0]['device'] if models else '?'):<8} {'yes' if all(m['loaded'] for m in models) else 'no'}")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "try": cmd_try,
     "models": cmd_models,
     "download": cmd_download,
     "bench": cmd_bench,
+    "serve": cmd_serve,
 }
 
 

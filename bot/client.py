@@ -43,6 +43,7 @@ EXTENSIONS: tuple[str, ...] = (
 # discord.py runs each application command in a task of this name. At shutdown the bot waits (at
 # most REPLY_GRACE seconds) for them, so the last replies go out before the HTTP session closes.
 COMMAND_TASK = "CommandTree-invoker"
+IDENTIFY_SPACING = 5.5  # seconds: Discord's 5 s between IDENTIFYs of one bucket, and a margin
 REPLY_GRACE = 5.0
 
 
@@ -104,7 +105,19 @@ class AutoModelBot(commands.Bot):
         if not self.owner_id_set:
             self.owner_id_set = owners_of(await self.application_info())
             log.info("OWNER_IDS is empty: %d owner(s) from the application", len(self.owner_id_set))
-        await self.sync_commands()
+        if self.syncs_commands:
+            await self.sync_commands()
+        else:
+            log.info("Shards %s: commands are synced by the process that runs shard 0", list(self.settings.shard_ids))
+        wait = identify_delay(self.settings) - (time.monotonic() - started)
+        if wait > 0:  # setup_hook runs before the gateway connection: stagger it here
+            log.info("Shards %s: connecting in %.1fs, after the processes with lower shards", list(self.settings.shard_ids), wait)
+            await asyncio.sleep(wait)
+
+    @property
+    def syncs_commands(self) -> bool:
+        """Of several bot processes (SHARD_IDS), only the one running shard 0 syncs commands."""
+        return self.settings.shard_ids is None or 0 in self.settings.shard_ids
 
     async def on_message(self, message: discord.Message, /) -> None:
         """Messages are not commands here (commands.Bot would parse them for a prefix)."""
@@ -195,4 +208,13 @@ def create_bot(settings: Settings, **options) -> AutoModelBot:
         return AutoModelBot(settings, **options)
     if settings.shards != "auto":
         options.setdefault("shard_count", settings.shards)
+    if settings.shard_ids is not None:
+        options.setdefault("shard_ids", list(settings.shard_ids))
     return ShardedAutoModelBot(settings, **options)
+
+
+def identify_delay(settings: Settings) -> float:
+    """Seconds this process waits before connecting: processes with shard ranges stagger their
+    IDENTIFYs, since Discord allows one per IDENTIFY_SPACING (max_concurrency 1) and discord.py
+    spaces only a process's own shards. The process holding shard 0 starts at once."""
+    return IDENTIFY_SPACING * min(settings.shard_ids) if settings.shard_ids else 0.0

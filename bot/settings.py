@@ -28,6 +28,7 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTIZE_MODES = ("none", "int8")
 LOG_FORMATS = ("text", "json")
+INFERENCE_MODES = ("local", "ray")
 
 
 class SettingsError(ValueError):
@@ -70,6 +71,15 @@ class Settings:
     log_user_salt: str = field(default="", repr=False)  # empty: a random salt per start
     shutdown_grace: float = 10.0
     shards: int | str | None = None  # None: one gateway connection; "auto": Discord's count; N: N shards
+    # Where models run (#11): "local" (this process) or "ray" (Ray Serve replicas).
+    # Several bot processes (#11): this one runs shards shard_ids of shard_count (None: all).
+    shard_ids: tuple[int, ...] | None = None
+    stream_interval: float = 0.5  # seconds between streamed partial /generate texts
+    inference: str = "local"
+    ray_address: str | None = None  # None: start a local Ray (a one-machine try-out)
+    ray_replicas: dict[str, tuple[int, int]] = field(default_factory=dict)  # task → (min, max); absent: (1, 1)
+    ray_cpus: dict[str, float] = field(default_factory=dict)  # task → CPUs per replica; absent: 1
+    ray_gpus: dict[str, float] = field(default_factory=dict)  # task → GPUs per replica (fractional); absent: 0
 
     def batch_limits(self, on_gpu: bool) -> tuple[int, int]:
         """(max batch size, padded-token budget) for the device, settings winning over defaults.
@@ -142,15 +152,84 @@ def _id_list(env: Mapping[str, str], name: str) -> tuple[int, ...]:
         raise SettingsError(f"{name}={raw!r} is invalid: expected comma-separated Discord ids") from None
 
 
-def _shards(env: Mapping[str, str]) -> int | str | None:
-    raw = env.get("SHARDS", "").strip().lower()
+def _shards(env: Mapping[str, str], name: str = "SHARDS") -> int | str | None:
+    raw = env.get(name, "").strip().lower()
     if not raw:
         return None
     if raw == "auto":
         return "auto"
     if not raw.isdigit() or int(raw) < 1:
-        raise SettingsError(f"SHARDS={raw!r} is invalid: expected empty (one connection), auto or an integer >= 1")
+        raise SettingsError(f"{name}={raw!r} is invalid: expected empty (one connection), auto or an integer >= 1")
     return int(raw)
+
+
+def _shard_count(env: Mapping[str, str]) -> int | str | None:
+    """SHARD_COUNT (or its older name SHARDS): the total number of shards, or "auto"."""
+    if env.get("SHARD_COUNT", "").strip() and env.get("SHARDS", "").strip():
+        raise SettingsError("SHARDS and SHARD_COUNT are both set: keep SHARD_COUNT (SHARDS is its older name)")
+    name = "SHARD_COUNT" if env.get("SHARD_COUNT", "").strip() else "SHARDS"
+    count = _shards(env, name)
+    if count is not None and name == "SHARD_COUNT" and count == "auto" and env.get("SHARD_IDS", "").strip():
+        raise SettingsError("SHARD_IDS needs a number in SHARD_COUNT (every process must agree on it), not auto")
+    return count
+
+
+def _shard_ids(env: Mapping[str, str]) -> tuple[int, ...] | None:
+    """SHARD_IDS: the shards this process runs, "0,1" or "0-3", each below SHARD_COUNT."""
+    raw = env.get("SHARD_IDS", "").replace(" ", "")
+    if not raw:
+        return None
+    count = _shard_count(env)
+    if not isinstance(count, int):
+        raise SettingsError(f"SHARD_IDS={raw!r} needs SHARD_COUNT, the total number of shards of all processes")
+    try:
+        ids: list[int] = []
+        for part in filter(None, raw.split(",")):
+            low, _, high = part.partition("-")
+            ids.extend(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise SettingsError(f"SHARD_IDS={raw!r} is invalid: expected ids like 0,1 or a range like 0-3") from None
+    if not ids or min(ids) < 0 or max(ids) >= count or len(set(ids)) != len(ids):
+        raise SettingsError(f"SHARD_IDS={raw!r} is invalid: expected distinct ids from 0 to {count - 1} (SHARD_COUNT={count})")
+    return tuple(sorted(ids))
+
+
+def _per_task(env: Mapping[str, str], name: str, parse) -> dict:
+    """"V" for every task, or "task=V,task=V" (tasks not named keep the default)."""
+    raw = env.get(name, "").replace(" ", "")
+    if not raw:
+        return {}
+    try:
+        if "=" not in raw:
+            return dict.fromkeys(DEFAULT_CHECKPOINTS, parse(raw))
+        out = {}
+        for part in filter(None, raw.split(",")):
+            task, _, value = part.partition("=")
+            if task not in DEFAULT_CHECKPOINTS:
+                raise ValueError(f"unknown task {task!r}")
+            out[task] = parse(value)
+        return out
+    except ValueError as err:
+        raise SettingsError(
+            f"{name}={raw!r} is invalid ({err}): expected a value for every task, or task=value pairs, "
+            f"e.g. sentiment=2,ner=1"
+        ) from None
+
+
+def _replica_range(value: str) -> tuple[int, int]:
+    """"2": two replicas; "1-4": autoscaling between one and four."""
+    low, _, high = value.partition("-")
+    low_n, high_n = int(low), int(high or low)
+    if not 1 <= low_n <= high_n:
+        raise ValueError("replicas must be N or MIN-MAX with 1 <= MIN <= MAX")
+    return low_n, high_n
+
+
+def _resource(value: str) -> float:
+    number = float(value)
+    if not 0 <= number < float("inf"):
+        raise ValueError("a resource must be a number >= 0")
+    return number
 
 
 def _host(env: Mapping[str, str], name: str, default: str) -> str:
@@ -204,5 +283,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_host=_host(env, "METRICS_HOST", "127.0.0.1"),
         log_user_salt=env.get("LOG_USER_SALT", "").strip(),
         shutdown_grace=_float(env, "SHUTDOWN_GRACE", 10.0),
-        shards=_shards(env),
+        shards=_shard_count(env),
+        shard_ids=_shard_ids(env),
+        stream_interval=_float(env, "STREAM_INTERVAL", 0.5),
+        inference=_choice(env, "INFERENCE", "local", INFERENCE_MODES),
+        ray_address=env.get("RAY_ADDRESS", "").strip() or None,
+        ray_replicas=_per_task(env, "RAY_REPLICAS", _replica_range),
+        ray_cpus=_per_task(env, "RAY_CPUS_PER_REPLICA", _resource),
+        ray_gpus=_per_task(env, "RAY_GPUS_PER_REPLICA", _resource),
     )

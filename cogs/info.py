@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.download import looks_like_path
 from bot.inference.tasks import TASKS
 from bot.tree import NO_PINGS
 
@@ -23,9 +24,14 @@ COMMAND_USAGE = {
 }
 
 
-def is_local_path(checkpoint: str) -> bool:
-    """A folder on this machine rather than a hub id ("gpt2", "Helsinki-NLP/opus-mt-en-de")."""
-    return checkpoint.startswith(("/", ".", "~", "\\")) or "\\" in checkpoint or checkpoint.count("/") > 1 or Path(checkpoint).is_dir()
+def _replica_lines(replicas: list[dict] | None) -> str:
+    """INFERENCE=ray: one short line per replica (node, device, loaded, queue), at most six."""
+    if not replicas:
+        return ""
+    lines = [f"replica on node `{r['node'][:8]}` · {r['device']} · {'loaded' if r['loaded'] else 'loading'} · "
+             f"{r['queued']} queued" for r in replicas[:6]]
+    more = f"\n… and {len(replicas) - 6} more" if len(replicas) > 6 else ""
+    return "\n" + "\n".join(lines) + more
 
 
 def _count(n: int) -> str:
@@ -50,7 +56,8 @@ class Info(commands.Cog):
     def shown(self, checkpoint: str, interaction: discord.Interaction) -> str:
         """A local checkpoint's full path only for owners; others see its folder name (the layout
         of the host's disk is nobody else's business)."""
-        if interaction.user.id in self.bot.owner_id_set or not is_local_path(checkpoint):
+        local = looks_like_path(checkpoint) or Path(checkpoint).is_dir()  # "models/sst2" may be a folder too
+        if interaction.user.id in self.bot.owner_id_set or not local:
             return checkpoint
         return re.split(r"[/\\]", checkpoint.rstrip("/\\"))[-1] or "(a local folder)"
 
@@ -63,7 +70,8 @@ class Info(commands.Cog):
             shared = f" · shares weights with /{', /'.join(row['shared_with'])}" if row["shared_with"] and row["loaded"] else ""
             embed.add_field(
                 name=f"/{row['task']}",
-                value=f"`{row['auto_class']}`\n`{self.shown(row['checkpoint'], interaction)[:200]}`\n{row['device']} · {row['dtype']} · {state}{params}{shared}",
+                value=f"`{row['auto_class']}`\n`{self.shown(row['checkpoint'], interaction)[:200]}`\n{row['device']} · {row['dtype']} · {state}{params}{shared}"
+                + _replica_lines(row.get("replicas")),
                 inline=False,
             )
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_PINGS)
@@ -71,11 +79,12 @@ class Info(commands.Cog):
     @app_commands.command(name="status", description="Queue depth, recent latency, uptime and memory")
     async def status(self, interaction: discord.Interaction) -> None:
         snapshot = self.bot.executor.snapshot()
-        lines = ["task        queued  running  p50 s   p99 s   batch"]
+        ray = "replicas" in snapshot  # INFERENCE=ray: lanes are summed over each task's replicas
+        lines = ["task        queued  running  p50 s   p99 s   batch" + ("  replicas" if ray else "")]
         for task, lane in snapshot["lanes"].items():
             lines.append(
                 f"{task:<11} {lane['queued']:>6}  {lane['running']:>7}  {lane['latency_p50']:>5.2f}  "
-                f"{lane['latency_p99']:>6.2f}  {lane['mean_batch_size']:>5.1f}"
+                f"{lane['latency_p99']:>6.2f}  {lane['mean_batch_size']:>5.1f}" + (f"  {lane['replicas']:>8}" if ray else "")
             )
         embed = discord.Embed(title="Status", description="```\n" + "\n".join(lines) + "\n```", color=0x5865F2)
         embed.add_field(name="uptime", value=_duration(snapshot["uptime"]), inline=True)

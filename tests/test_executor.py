@@ -26,7 +26,6 @@ from bot.inference.errors import (
 )
 from bot.inference.executor import Executor, cut_batch
 from bot.inference.local import LocalBackend
-from bot.inference.tasks import generate as generate_task
 from bot.inference.tasks.generate import GenerateRequest
 from bot.inference.tasks.sentiment import SentimentRequest
 from tests.faults import InjectingBackend
@@ -192,8 +191,7 @@ async def test_expired_and_cancelled_jobs_are_dropped_not_computed(tiny_settings
 
 
 async def test_generation_streams_and_stops_when_cancelled(tiny_settings, real_backend, monkeypatch):
-    monkeypatch.setattr(generate_task, "PROGRESS_INTERVAL", 0.0)
-    executor = await started(tiny_settings, real_backend)
+    executor = await started(make_settings(tiny_settings, stream_interval=0.0), real_backend)
     try:
         partials: list[str] = []
         job = await executor.enqueue(

@@ -24,7 +24,15 @@ import yaml
 from discord.ext import commands
 
 from bot import cli
-from bot.client import EXTENSIONS, AutoModelBot, ShardedAutoModelBot, create_bot
+from bot import client as client_module
+from bot.client import (
+    EXTENSIONS,
+    IDENTIFY_SPACING,
+    AutoModelBot,
+    ShardedAutoModelBot,
+    create_bot,
+    identify_delay,
+)
 from bot.inference.errors import BotError
 from bot.logs import REDACTED, JsonFormatter, configure_logging, hash_user
 from bot.settings import SettingsError, load_settings
@@ -494,3 +502,46 @@ async def test_auto_sharded_bot_connects_and_is_ready(fake_discord, bot_settings
         assert isinstance(bot, ShardedAutoModelBot)
         await connect(bot)
         assert bot.shard_count == 1 and (await get(bot, "/readyz"))[0] == 200
+
+
+# -- several bot processes by shard range (#11) ------------------------------------------------------
+
+
+def test_shard_ranges_per_process():
+    settings = load_settings({"SHARD_COUNT": "4", "SHARD_IDS": "2-3"})
+    assert settings.shards == 4 and settings.shard_ids == (2, 3)
+    bot = create_bot(settings, extensions=())
+    assert isinstance(bot, ShardedAutoModelBot) and bot.shard_ids == [2, 3] and bot.shard_count == 4
+    assert not bot.syncs_commands and identify_delay(settings) == 2 * IDENTIFY_SPACING
+    first = load_settings({"SHARD_COUNT": "4", "SHARD_IDS": "0,1"})
+    assert create_bot(first, extensions=()).syncs_commands and identify_delay(first) == 0
+    assert load_settings({"SHARDS": "3"}).shards == 3  # the older name still works
+    for env, message in (
+        ({"SHARD_IDS": "0"}, "SHARD_IDS='0' needs SHARD_COUNT"),
+        ({"SHARD_COUNT": "2", "SHARD_IDS": "2"}, "expected distinct ids from 0 to 1"),
+        ({"SHARD_COUNT": "2", "SHARD_IDS": "0,0"}, "expected distinct ids"),
+        ({"SHARD_COUNT": "2", "SHARD_IDS": "a"}, "expected ids like 0,1"),
+        ({"SHARD_COUNT": "auto", "SHARD_IDS": "0"}, "not auto"),
+        ({"SHARD_COUNT": "2", "SHARDS": "2"}, "both set"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            load_settings(env)
+
+
+@pytest.mark.parametrize("env_overrides", [{"SHARD_COUNT": "2", "SHARD_IDS": "1"}])
+async def test_a_process_without_shard_0_connects_its_shards_and_does_not_sync(
+    fake_discord, bot_settings, env_overrides, monkeypatch
+):
+    dispatch = fake_discord.dispatch
+
+    async def with_shard(event, data):  # Discord's READY echoes the IDENTIFY's shard; the fake's does not
+        await dispatch(event, data | {"shard": [1, 2]} if event == "READY" else data)
+
+    monkeypatch.setattr(fake_discord, "dispatch", with_shard)
+    monkeypatch.setattr(client_module, "IDENTIFY_SPACING", 0.2)  # shard 1 waits one spacing
+    async with started_bot(fake_discord, bot_settings) as bot:
+        await connect(bot)
+        assert sorted(bot.shards) == [1] and bot.shard_count == 2
+    identifies = [f["d"]["shard"] for f in fake_discord.gateway_frames if f.get("op") == 2]
+    assert identifies == [[1, 2]]
+    assert not [r for r in fake_discord.requests if r.route.startswith("PUT /applications/")]

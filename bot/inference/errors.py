@@ -68,3 +68,20 @@ class ModelUnavailable(BotError):
 
 class InferenceFailed(BotError):
     """The model failed on this request (out of memory even alone, or an internal error)."""
+
+
+def to_wire(err: BotError) -> dict:
+    """A BotError as plain data, to cross a process boundary (a Ray replica's reply) intact:
+    pickled exceptions lose attributes their __init__ takes as keywords (retry_after, detail)."""
+    return {"type": type(err).__name__, "message": str(err), "attributes": dict(vars(err))}
+
+
+def from_wire(data: dict) -> BotError:
+    """The BotError to_wire described; an unknown type becomes InferenceFailed with its message."""
+    cls = globals().get(data.get("type", ""))
+    if not (isinstance(cls, type) and issubclass(cls, BotError)):
+        return InferenceFailed(data.get("message") or "The model failed on this request.")
+    err = cls.__new__(cls)
+    Exception.__init__(err, data.get("message", ""))
+    err.__dict__.update(data.get("attributes") or {})
+    return err

@@ -199,6 +199,12 @@ class Executor:
 
     @classmethod
     def from_settings(cls, settings: Settings, backend: Any = None) -> Executor:
+        """The executor INFERENCE asks for: this one over the models in this process, or (ray) the
+        RayExecutor, which has the same API and forwards to Ray Serve replicas running this one."""
+        if settings.inference == "ray" and backend is None:
+            from bot.inference.ray_client import RayExecutor
+
+            return RayExecutor(settings)  # type: ignore[return-value]
         if backend is None:
             from bot.inference.local import LocalBackend
 
@@ -480,6 +486,7 @@ class Executor:
         multi-request batch is retried one request at a time, so one bad request fails alone."""
         ctx = BatchContext(
             len(batch),
+            report_interval=self.settings.stream_interval,
             is_cancelled=lambda i: batch[i].cancelled or batch[i].deadline <= time.monotonic(),
             report=lambda i, partial: self._progress(batch[i], partial),
         )

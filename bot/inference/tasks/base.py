@@ -59,8 +59,10 @@ class BatchContext:
         size: int,
         is_cancelled: Callable[[int], bool] | None = None,
         report: Callable[[int, Any], None] | None = None,
+        report_interval: float = 0.5,
     ) -> None:
         self.size = size
+        self.report_interval = report_interval  # seconds between partial-output reports (STREAM_INTERVAL)
         self._is_cancelled = is_cancelled or (lambda i: False)
         self._report = report or (lambda i, partial: None)
 

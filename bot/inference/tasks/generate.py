@@ -28,7 +28,6 @@ from bot.inference.tasks.base import (
 )
 
 TOP_K = 50  # candidates a sampled token is drawn from, before top_p
-PROGRESS_INTERVAL = 0.5  # seconds between partial-text reports per batch
 _HASH_MOD = 2**31
 
 
@@ -180,7 +179,7 @@ class RowStopper(StoppingCriteria):
             elif generated >= limit:
                 self.finished[i] = (limit, "length")
         now = time.monotonic()
-        if now - self.last_report >= PROGRESS_INTERVAL:
+        if now - self.last_report >= self.ctx.report_interval:
             self.last_report = now
             for i in range(len(self.limits)):
                 if i not in self.finished:

@@ -1,0 +1,376 @@
+"""INFERENCE=ray, the bot side: `RayExecutor` has the Executor's API (enqueue, wait, cancel,
+position, snapshot, shutdown), so the cogs do not know where models run. Each request is one
+streaming call to its model group's Serve deployment (bot/inference/ray_serve.py); batching,
+fairness and deadlines happen in the replica, next to the weights.
+
+Here: the per-user cap and the total in flight (a user's requests may land on different
+replicas), the place-in-line and streamed text the replica reports, Cancel as
+`response.cancel()` (which stops the work on the replica), and every failure of the cluster
+(a dead replica, a full Serve queue, an unreachable cluster) turned into one of our typed errors.
+Every accepted job ends exactly once, as with the local executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from bot.inference import ray_serve
+from bot.inference.errors import (
+    BotError,
+    Cancelled,
+    InferenceFailed,
+    InputError,
+    QueueFull,
+    ShuttingDown,
+    UserBusy,
+    from_wire,
+)
+from bot.inference.tasks import TASKS
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BOARD_REFRESH = 1.0  # seconds between reads of the replicas' board (for /status, /models, ETA)
+
+
+@dataclass(eq=False)
+class RemoteJob:
+    """A request running on a replica, as the bot sees it (the fields the cogs and logs read)."""
+
+    id: int
+    task: str
+    user_id: int
+    future: asyncio.Future
+    enqueued_at: float
+    deadline: float
+    on_progress: Callable[[Any], None] | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    batch_size: int = 0
+    cancelled: bool = False
+    partial: Any = None
+    place: int = 0
+    eta: float = 0.0
+    prepared: Any = field(default_factory=lambda: SimpleNamespace(cost=None))
+    response: Any = None  # the Serve DeploymentResponseGenerator
+    consumer: asyncio.Task | None = None
+
+    @property
+    def state(self) -> str:
+        if self.future.done():
+            return "done"
+        return "running" if self.place == 0 and self.started_at is not None else "queued"
+
+
+class RayBackend:
+    """What the cogs read of `executor.backend`: checkpoints, describe() per task with each replica,
+    and set_checkpoint as a rolling update of that task's replicas."""
+
+    def __init__(self, executor: RayExecutor) -> None:
+        self.executor = executor
+        self.checkpoints = dict(executor.settings.checkpoints)
+
+    def describe(self) -> list[dict[str, Any]]:
+        rows = []
+        replicas = self.executor.replicas
+        for name, task in TASKS.items():
+            own = [r for r in replicas if name in r["tasks"]]
+            models = [m for r in own for m in r["models"] if m["task"] == name]
+            first = models[0] if models else {}
+            rows.append({
+                "task": name,
+                "auto_class": task.auto_class_name,
+                "checkpoint": self.checkpoints[name],
+                "device": ", ".join(sorted({m["device"] for m in models})) or "ray",
+                "dtype": first.get("dtype", "?"),
+                "quantize": first.get("quantize", "none"),
+                "parameters": first.get("parameters"),
+                "memory_bytes": sum(m["memory_bytes"] or 0 for m in models) or None,
+                "loaded": any(m["loaded"] for m in models),
+                "shared_with": [t for t in TASKS if t != name and ray_serve.deployment_of(self.executor.settings)[t]
+                                == ray_serve.deployment_of(self.executor.settings)[name]],
+                "replicas": [{"replica": r["replica"], "node": r["node"],
+                              "device": next((m["device"] for m in r["models"] if m["task"] == name), "?"),
+                              "loaded": any(m["loaded"] for m in r["models"] if m["task"] == name),
+                              "queued": r["lanes"].get(name, {}).get("queued", 0)} for r in own],
+            })
+        return rows
+
+    def set_checkpoint(self, task: str, checkpoint: str) -> None:
+        """Redeploy the task's model group with the new checkpoint: Serve starts new replicas and
+        retires the old ones as the new are ready (the old serve meanwhile). Blocking: the admin
+        cog runs it in a thread."""
+        import dataclasses
+
+        from ray import serve
+
+        checkpoints = {**self.checkpoints, task: checkpoint}
+        settings = dataclasses.replace(self.executor.settings, checkpoints=checkpoints)
+        name = ray_serve.app_name(ray_serve.deployment_of(self.executor.settings)[task])
+        group = ray_serve.deployment_of(self.executor.settings)[task]
+        tasks = ray_serve.model_groups(self.executor.settings)[group]
+        app = ray_serve.group_application(settings, group, tasks)
+        serve.run_many([serve.RunTarget(app, name=name, route_prefix=None)], wait_for_applications_running=False)
+        ray_serve.wait_running([name], timeout=300)
+        self.checkpoints = checkpoints
+
+    def memory(self) -> dict[str, int] | None:
+        return None
+
+
+class RayExecutor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.backend = RayBackend(self)
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+        self.refused: Counter[tuple[str, str]] = Counter()
+        self.listeners: list[Callable[[RemoteJob, str], None]] = []
+        self.started_at = time.time()
+        self.replicas: list[dict[str, Any]] = []  # the board's latest, refreshed every BOARD_REFRESH
+        self._handles: dict[str, Any] = {}  # task → DeploymentHandle
+        self._jobs: dict[int, RemoteJob] = {}
+        self._per_user: Counter[int] = Counter()
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self._board = None
+        self._refresher: asyncio.Task | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect (RAY_ADDRESS, or a local Ray on which the app is deployed now) and take a handle
+        per task, on this event loop (Serve handles misbehave on another loop: ray #55142)."""
+        from ray import serve
+
+        await asyncio.to_thread(ray_serve.connect, self.settings)
+        if not self.settings.ray_address:
+            await asyncio.to_thread(ray_serve.deploy, self.settings)
+        else:
+            await asyncio.to_thread(ray_serve.wait_running,
+                                    [ray_serve.app_name(d) for d in ray_serve.model_groups(self.settings)], 60.0)
+        self._board = ray_serve.ensure_board()
+        for task, group in ray_serve.deployment_of(self.settings).items():
+            self._handles[task] = serve.get_deployment_handle(group, app_name=ray_serve.app_name(group))
+        self._refresher = asyncio.ensure_future(self._refresh_forever())
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Stop taking jobs; requests in flight get `grace` seconds to finish on their replicas,
+        then are cancelled there and told the bot is restarting."""
+        if self._stopping:
+            return
+        self._stopping = True
+        pending = [job.future for job in self._jobs.values()]
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+        for job in list(self._jobs.values()):
+            self._cancel_remote(job)
+            self._finish(job, error=ShuttingDown("The bot is restarting; your request was not run. Try again shortly."))
+        if self._refresher is not None:
+            self._refresher.cancel()
+
+    @property
+    def accepting(self) -> bool:
+        return not self._stopping
+
+    # -- the API the cogs use ------------------------------------------------------------------
+
+    async def submit(self, task: str, request: Any, **options) -> Any:
+        return await self.wait(await self.enqueue(task, request, **options))
+
+    async def enqueue(self, task: str, request: Any, *, user_id: int = 0, timeout: float | None = None,
+                      on_progress: Callable[[Any], None] | None = None) -> RemoteJob:
+        """Send the request to its model group; returns once a replica accepted it (or raises the
+        replica's refusal: InputError, QueueFull, …)."""
+        if task not in self._handles:
+            raise InputError(f"Unknown task {task!r}.")
+        try:
+            self._check_capacity(task, user_id)
+        except BotError as err:
+            self.refused[(task, type(err).__name__)] += 1
+            raise
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        seconds = timeout or self.settings.request_timeout
+        job = RemoteJob(next(self._ids), task, user_id, loop.create_future(), now, now + seconds, on_progress)
+        self._jobs[job.id] = job
+        self._per_user[user_id] += 1
+        job.response = self._handles[task].options(stream=True).run.remote(task, request, user_id, seconds)
+        try:
+            first = await job.response.__anext__()
+        except BaseException as err:
+            self._forget(job)
+            error = _cluster_error(err, job)
+            self.refused[(task, type(error).__name__)] += 1
+            raise error from err
+        if first[0] == "error":
+            self._forget(job)
+            error = from_wire(first[1])
+            self.refused[(task, type(error).__name__)] += 1
+            raise error
+        self._apply(job, first)
+        job.consumer = asyncio.ensure_future(self._consume(job))
+        return job
+
+    async def wait(self, job: RemoteJob) -> Any:
+        try:
+            return await asyncio.shield(job.future)
+        except asyncio.CancelledError:
+            self.cancel(job.id)
+            raise
+
+    def cancel(self, job_id: int) -> bool:
+        """Stop the request on its replica (the replica's executor drops or stops it) and end it."""
+        job = self._jobs.get(job_id)
+        if job is None or job.future.done():
+            return False
+        job.cancelled = True
+        self._cancel_remote(job)
+        self._finish(job, error=Cancelled(partial=job.partial))
+        return True
+
+    def get(self, job_id: int) -> RemoteJob | None:
+        return self._jobs.get(job_id)
+
+    def position(self, job: RemoteJob) -> tuple[int, float]:
+        return (job.place, job.eta) if job.state == "queued" else (0, 0.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The same shape as Executor.snapshot(), summed over every replica the board knows."""
+        lanes: dict[str, dict[str, Any]] = {}
+        for task in TASKS:
+            own = [r["lanes"][task] for r in self.replicas if task in r["lanes"]]
+            lanes[task] = {
+                "queued": sum(lane["queued"] for lane in own),
+                "running": sum(lane["running"] for lane in own),
+                "batches": sum(lane["batches"] for lane in own),
+                "requests": sum(lane["requests"] for lane in own),
+                "tokens": sum(lane["tokens"] for lane in own),
+                "mean_batch_size": max((lane["mean_batch_size"] for lane in own), default=0.0),
+                "latency_p50": max((lane["latency_p50"] for lane in own), default=0.0),
+                "latency_p99": max((lane["latency_p99"] for lane in own), default=0.0),
+                "replicas": len(own),
+            }
+        return {
+            "uptime": time.time() - self.started_at,
+            "queued": sum(lane["queued"] for lane in lanes.values()),
+            "lanes": lanes,
+            "outcomes": dict(self.outcomes),
+            "refused": dict(self.refused),
+            "models": self.backend.describe(),
+            "memory": None,
+            "replicas": self.replicas,
+        }
+
+    async def refresh(self) -> None:
+        """Read the board now (the background refresh does it every BOARD_REFRESH seconds)."""
+        self.replicas = await self._board.all.remote()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _check_capacity(self, task: str, user_id: int) -> None:
+        if self._stopping:
+            raise ShuttingDown("The bot is restarting; try again shortly.")
+        if len(self._jobs) >= self.settings.queue_size_total:
+            raise QueueFull(f"The bot is busy ({len(self._jobs)} requests in progress). Try again soon.")
+        if self._per_user[user_id] >= self.settings.max_queued_per_user:
+            raise UserBusy(f"You already have {self._per_user[user_id]} requests in progress; wait for one to finish.")
+
+    async def _consume(self, job: RemoteJob) -> None:
+        try:
+            async for event in job.response:
+                self._apply(job, event)
+                if job.future.done():
+                    return
+            if not job.future.done():
+                self._finish(job, error=InferenceFailed(f"The model server ended your request without an answer "
+                                                        f"(error id {job.id}). Try again."))
+        except asyncio.CancelledError:
+            return
+        except BaseException as err:  # the replica died, the cluster went away, …
+            if not job.future.done():
+                log.warning("%s request %d failed on the cluster: %s", job.task, job.id, type(err).__name__)
+                self._finish(job, error=_cluster_error(err, job))
+
+    def _apply(self, job: RemoteJob, event: tuple) -> None:
+        kind = event[0]
+        if kind in ("queued", "position"):
+            job.place, job.eta = int(event[1]), float(event[2])
+            if job.place == 0 and job.started_at is None:
+                job.started_at = time.monotonic()
+        elif kind == "progress":
+            job.partial = event[1]
+            job.place = 0
+            job.started_at = job.started_at or time.monotonic()
+            if job.on_progress is not None and not job.future.done():
+                try:
+                    job.on_progress(event[1])
+                except Exception:
+                    log.exception("Progress callback of job %d failed", job.id)
+        elif kind == "result":
+            info = event[2]
+            job.batch_size = info.get("batch_size", 0)
+            job.prepared = SimpleNamespace(cost=info.get("tokens"))
+            self._finish(job, result=event[1])
+        elif kind == "error":
+            self._finish(job, error=from_wire(event[1]))
+
+    def _finish(self, job: RemoteJob, result: Any = None, error: BaseException | None = None) -> None:
+        if job.future.done():
+            return
+        self._forget(job)
+        job.finished_at = time.monotonic()
+        outcome = "ok" if error is None else type(error).__name__
+        self.outcomes[(job.task, outcome)] += 1
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
+            job.future.exception()  # nobody may be waiting (cancelled by its user)
+        for listener in self.listeners:
+            try:
+                listener(job, outcome)
+            except Exception:
+                log.exception("Job listener failed")
+
+    def _forget(self, job: RemoteJob) -> None:
+        if self._jobs.pop(job.id, None) is not None:
+            self._per_user[job.user_id] -= 1
+            if self._per_user[job.user_id] <= 0:
+                del self._per_user[job.user_id]
+
+    def _cancel_remote(self, job: RemoteJob) -> None:
+        if job.consumer is not None:
+            job.consumer.cancel()
+        if job.response is not None:
+            try:
+                job.response.cancel()
+            except Exception:  # already finished
+                pass
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:
+                log.debug("Could not read the replicas' board", exc_info=True)
+            await asyncio.sleep(BOARD_REFRESH)
+
+
+def _cluster_error(err: BaseException, job: RemoteJob) -> BotError:
+    """A failure of the cluster as one of our typed errors, never a raw Ray exception."""
+    from ray.serve.exceptions import BackPressureError
+
+    if isinstance(err, BotError):
+        return err
+    if isinstance(err, BackPressureError):
+        return QueueFull(f"The bot is busy (the /{job.task} servers' queues are full). Try again soon.")
+    return InferenceFailed(f"The model server failed while running your request (error id {job.id}). "
+                           "Try again in a few seconds.")

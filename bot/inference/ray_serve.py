@@ -1,0 +1,351 @@
+"""INFERENCE=ray, the replica side: each model group runs as a Ray Serve deployment whose replicas
+run the same Executor + LocalBackend as the local path, so batching, fairness, deadlines and
+cancellation behave the same; the bot side (bot/inference/ray_client.py) only forwards.
+
+A model group is the tasks that share a checkpoint (/mask and /embed share bert-base-uncased), so
+weights are loaded once per replica. A request is one streaming call, `ModelGroup.run`, whose
+events are plain tuples:
+
+    ("queued", place, eta)          accepted; then, while it waits, ("position", place, eta)
+    ("progress", partial)           streamed /generate text
+    ("result", result, info)        the end: info holds batch size, tokens, wait and compute times
+    ("error", wire)                 the end: a BotError as errors.to_wire data
+
+Cancelling the call (`response.cancel()`) cancels the job in the replica's executor. Replicas also
+report their state (node, device, loaded models, queues) every REPORT_INTERVAL seconds to one
+named actor, the board, which /status and /models read: a handle call reaches one replica only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from bot.inference.errors import BotError, ModelUnavailable, to_wire
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "automodel-bot"
+BOARD_NAME = "automodel-bot-board"
+NAMESPACE = "automodel-bot"
+POSITION_INTERVAL = 1.0  # seconds between place-in-line updates of a waiting request
+REPORT_INTERVAL = 1.0  # seconds between a replica's reports to the board
+STALE_AFTER = 10.0  # a replica silent this long (dead, or being replaced) leaves the board
+CONNECT_TIMEOUT = 60.0  # seconds ray.init may take to join a cluster
+
+
+def model_groups(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """Deployment name → the tasks it serves: tasks naming the same checkpoint share one."""
+    by_checkpoint: dict[str, list[str]] = {}
+    for task, checkpoint in settings.checkpoints.items():
+        by_checkpoint.setdefault(checkpoint, []).append(task)
+    return {"+".join(tasks): tuple(tasks) for tasks in by_checkpoint.values()}
+
+
+def deployment_of(settings: Settings) -> dict[str, str]:
+    """Task → the deployment that serves it."""
+    return {task: name for name, tasks in model_groups(settings).items() for task in tasks}
+
+
+def replica_settings(settings: Settings) -> Settings:
+    """What a replica needs: no Discord token or log salt ever leaves the bot process."""
+    return dataclasses.replace(settings, discord_token=None, log_user_salt="", inference="local", preload=False)
+
+
+class ModelGroup:
+    """A Serve deployment class: one replica loads its group's model(s) in __init__ and serves
+    them with its own Executor (its own fair queue, token-budgeted batches, deadlines)."""
+
+    def __init__(self, settings: Settings, tasks: tuple[str, ...]) -> None:
+        from bot.inference.executor import Executor
+        from bot.inference.local import LocalBackend
+
+        self.settings = settings
+        self.tasks = tasks
+        self.backend = LocalBackend(settings)
+        for task in tasks:
+            self.backend.warm_up(task)  # the replica is ready when its models are
+        self.executor = Executor(settings, self.backend)
+        self._started: asyncio.Task | None = None
+
+    async def _start(self) -> None:
+        if self._started is None:  # on the replica's event loop, the first time it is needed
+            self._started = asyncio.ensure_future(self._boot())
+        await asyncio.shield(self._started)
+
+    async def _boot(self) -> None:
+        await self.executor.start()
+        asyncio.ensure_future(self._report_forever())
+
+    async def check_health(self) -> None:
+        """Serve calls this periodically; starting here also starts the board reports."""
+        await self._start()
+
+    async def run(self, task: str, request: Any, user_id: int, timeout: float):
+        await self._start()
+        if task not in self.tasks:
+            yield ("error", to_wire(ModelUnavailable(f"The /{task} model is not served here.")))
+            return
+        progress: asyncio.Queue = asyncio.Queue()
+        try:
+            job = await self.executor.enqueue(task, request, user_id=user_id, timeout=timeout,
+                                              on_progress=progress.put_nowait)
+        except BotError as err:
+            yield ("error", to_wire(err))
+            return
+        try:
+            yield ("queued", *self.executor.position(job))
+            while not job.future.done():
+                getter = asyncio.ensure_future(progress.get())
+                done, _ = await asyncio.wait({getter, job.future}, timeout=POSITION_INTERVAL,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield ("progress", getter.result())
+                    continue
+                getter.cancel()
+                if not job.future.done():
+                    yield ("position", *self.executor.position(job))
+            error = job.future.exception()
+            if error is not None:
+                yield ("error", to_wire(error) if isinstance(error, BotError) else to_wire(BotError(str(error))))
+                return
+            yield ("result", job.future.result(), _timings(job))
+        except (asyncio.CancelledError, GeneratorExit):
+            self.executor.cancel(job.id)  # the bot cancelled the call: stop the work here
+            raise
+
+    async def set_checkpoint(self, task: str, checkpoint: str) -> None:
+        await asyncio.to_thread(self.backend.set_checkpoint, task, checkpoint)
+
+    def state(self) -> dict[str, Any]:
+        import ray
+        from ray import serve
+
+        context = serve.get_replica_context()
+        snapshot = self.executor.snapshot()
+        return {
+            "deployment": context.deployment,
+            "replica": context.replica_id.unique_id,
+            "node": ray.get_runtime_context().get_node_id()[:12],
+            "tasks": list(self.tasks),
+            "models": [row for row in snapshot["models"] if row["task"] in self.tasks],
+            "lanes": {task: lane for task, lane in snapshot["lanes"].items() if task in self.tasks},
+            "outcomes": [[list(key), count] for key, count in snapshot["outcomes"].items()],
+            "memory": snapshot["memory"],
+            "time": time.time(),
+        }
+
+    def __del__(self) -> None:
+        """Serve calls this when it retires the replica (scale-down, rolling update): leave the board."""
+        try:
+            import ray
+            from ray import serve
+
+            board = ray.get_actor(BOARD_NAME, namespace=NAMESPACE)
+            board.remove.remote(serve.get_replica_context().replica_id.unique_id)
+        except Exception:  # best effort: a silent replica leaves the board after STALE_AFTER anyway
+            pass
+
+    async def _report_forever(self) -> None:
+        import ray
+
+        board = None
+        while True:
+            try:
+                board = board or ray.get_actor(BOARD_NAME, namespace=NAMESPACE)
+                await board.report.remote(self.state())
+            except Exception:  # no board yet (the bot creates it), or it is being replaced
+                board = None
+            await asyncio.sleep(REPORT_INTERVAL)
+
+
+def _timings(job) -> dict[str, Any]:
+    return {
+        "batch_size": job.batch_size,
+        "tokens": job.prepared.cost,
+        "wait": (job.started_at - job.enqueued_at) if job.started_at else None,
+        "compute": (job.finished_at - job.started_at) if job.started_at and job.finished_at else None,
+    }
+
+
+class Board:
+    """A named Ray actor: the latest state each replica reported, for /status and /models."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, dict] = {}
+        self.removed: set[str] = set()  # retired replicas (a last report may still be on its way)
+
+    def report(self, state: dict) -> None:
+        if state["replica"] not in self.removed:
+            self.states[state["replica"]] = state
+
+    def remove(self, replica: str) -> None:
+        self.removed.add(replica)
+        self.states.pop(replica, None)
+
+    def all(self) -> list[dict]:
+        now = time.time()
+        self.states = {k: v for k, v in self.states.items() if now - v["time"] < STALE_AFTER}
+        return list(self.states.values())
+
+
+def applications(settings: Settings) -> dict[str, Any]:
+    """Serve application name → application: one per model group, so /admin reload updates one
+    group's replicas only."""
+    return {app_name(name): group_application(settings, name, tasks) for name, tasks in model_groups(settings).items()}
+
+
+def group_application(settings: Settings, name: str, tasks: tuple[str, ...]) -> Any:
+    """One model group's deployment, sized from the RAY_* settings of its tasks."""
+    from ray import serve
+
+    low = max(settings.ray_replicas.get(t, (1, 1))[0] for t in tasks)
+    high = max(settings.ray_replicas.get(t, (1, 1))[1] for t in tasks)
+    options: dict[str, Any] = {
+        "name": name,
+        # Requests must reach the replica's own fair queue (which says "busy" when full), so
+        # Serve's per-replica limit sits above it. Serve's router queue only holds a burst while
+        # it picks replicas; a full one (BackPressureError) is our busy reply too. Sized like the
+        # bot's total queue: 4, as first tried, refused bursts of 40 requests.
+        "max_ongoing_requests": settings.queue_size_per_model + 64,
+        "max_queued_requests": settings.queue_size_total,
+        "ray_actor_options": {
+            "num_cpus": max(settings.ray_cpus.get(t, 1.0) for t in tasks),
+            "num_gpus": max(settings.ray_gpus.get(t, 0.0) for t in tasks),
+        },
+        "health_check_period_s": 2,
+        "graceful_shutdown_timeout_s": settings.shutdown_grace,
+    }
+    if high > low:
+        options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high,
+                                         "target_ongoing_requests": max(2, settings.queue_size_per_model // 4)}
+    else:
+        options["num_replicas"] = low
+    return serve.deployment(ModelGroup).options(**options).bind(replica_settings(settings), tasks)
+
+
+def app_name(deployment: str) -> str:
+    return f"{APP_NAME}.{deployment}"
+
+
+def connect(settings: Settings) -> None:
+    """Join the cluster at RAY_ADDRESS, or start a local Ray when it is empty; a cluster that
+    cannot be reached is one ModelUnavailable line, not a hang."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    options: dict[str, Any] = {"namespace": NAMESPACE, "include_dashboard": False, "log_to_driver": False,
+                               "logging_level": logging.WARNING}
+    if settings.ray_address:
+        options["address"] = settings.ray_address
+    where = f"RAY_ADDRESS={settings.ray_address}" if settings.ray_address else "a local Ray"
+    try:
+        _check_reachable(settings.ray_address)
+        # ray.init retries an unreachable cluster for minutes: bounded here, in a daemon thread.
+        outcome: list[BaseException | None] = []
+        thread = threading.Thread(target=lambda: outcome.append(_init(ray, options)), daemon=True)
+        thread.start()
+        thread.join(CONNECT_TIMEOUT)
+        if not outcome:
+            raise TimeoutError(f"no answer within {CONNECT_TIMEOUT:.0f}s")
+        if outcome[0] is not None:
+            raise outcome[0]
+    except Exception as err:
+        raise ModelUnavailable("The model cluster is unreachable.",
+                               detail=f"Could not connect to {where}: {_first_line(err)}. Check that the "
+                               "cluster is up (`ray status` there) and the address is right.") from err
+
+
+def _init(ray, options: dict[str, Any]) -> BaseException | None:
+    try:
+        ray.init(**options)
+        return None
+    except BaseException as err:  # handed to the caller's thread
+        return err
+
+
+def _check_reachable(address: str | None) -> None:
+    """A host:port address must accept a TCP connection (the GCS) within a few seconds."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return
+    with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+        pass
+
+
+def deploy(settings: Settings, timeout: float = 300.0) -> list[dict[str, Any]]:
+    """Deploy or update every model group, wait until each is running, and return where each
+    replica landed. A replica the cluster cannot place (too few CPUs or GPUs) or one that fails to
+    start is a ModelUnavailable naming the deployment, after `timeout` at the latest."""
+    from ray import serve
+
+    connect(settings)
+    serve.start(proxy_location="Disabled")  # the bot calls handles; no HTTP proxy
+    ensure_board()
+    apps = applications(settings)
+    serve.run_many([serve.RunTarget(app, name=name, route_prefix=None) for name, app in apps.items()],
+                   wait_for_applications_running=False)
+    wait_running(list(apps), timeout)
+    return placement()
+
+
+def wait_running(names: list[str], timeout: float) -> None:
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    ends = time.monotonic() + timeout
+    while True:
+        status = serve.status().applications
+        pending = []
+        for name in names:
+            app = status.get(name)
+            if app is None or app.status != ApplicationStatus.RUNNING:
+                if app is not None and app.status == ApplicationStatus.DEPLOY_FAILED:
+                    raise ModelUnavailable("A model could not be deployed.",
+                                           detail=f"{name} failed to deploy: {_first_line(app.message)}")
+                pending.append((name, app))
+        if not pending:
+            return
+        if time.monotonic() > ends:
+            name, app = pending[0]
+            states = {d: dict(s.replica_states) for d, s in app.deployments.items()} if app else {}
+            raise ModelUnavailable(
+                "A model could not be placed on the cluster.",
+                detail=f"{name} is not running after {timeout:.0f}s (replicas: {states}). The cluster may lack the "
+                "CPUs or GPUs asked for (RAY_REPLICAS, RAY_CPUS_PER_REPLICA, RAY_GPUS_PER_REPLICA): `ray status` "
+                "shows what is free.",
+            )
+        time.sleep(0.5)
+
+
+def ensure_board():
+    """The board actor (created once per cluster, by whoever deploys or connects first)."""
+    import ray
+
+    actor = ray.remote(Board).options(name=BOARD_NAME, namespace=NAMESPACE, get_if_exists=True,
+                                      lifetime="detached", num_cpus=0)
+    return actor.remote()
+
+
+def placement() -> list[dict[str, Any]]:
+    """Each replica's deployment, node, device and loaded models, from the board (waits a report
+    interval or two for fresh replicas to report)."""
+    import ray
+
+    board = ensure_board()
+    time.sleep(2 * REPORT_INTERVAL)
+    return sorted(ray.get(board.all.remote()), key=lambda r: (r["deployment"], r["replica"]))
+
+
+def _first_line(err: object) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300].rstrip(".") if text else type(err).__name__

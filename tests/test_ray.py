@@ -1,0 +1,322 @@
+"""INFERENCE=ray for real (#11): a local Ray started by this module (2 CPUs, token auth off, its own
+temporary directory), the seven tasks deployed as Ray Serve replicas running tiny models, and the
+bot-side RayExecutor driving them — no mock of Ray. Nothing of Ray is left when the module ends.
+
+What users see must not change: the same answers as the local path, streamed /generate, Cancel
+stopping the work on the replica, deadlines, busy replies, every request ending exactly once even
+when a replica dies mid-batch, several replicas sharing load, /status and /models per replica, a
+rolling /admin reload, and shutdown with requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import pytest
+
+from bot.client import EXTENSIONS
+from bot.inference import ray_serve
+from bot.inference.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InferenceFailed,
+    ModelUnavailable,
+    QueueFull,
+    ShuttingDown,
+)
+from bot.inference.local import LocalBackend
+from bot.inference.ray_client import RayExecutor
+from bot.inference.tasks.generate import GenerateRequest
+from bot.inference.tasks.sentiment import SentimentRequest
+from bot.settings import load_settings
+from tests.answers import difference, first_requests, run
+from tests.fake_discord import GUILD_ID, TOKEN, USER_ID
+from tests.test_cogs import _every_sent_message_is_safe, slash  # noqa: F401
+
+ray = pytest.importorskip("ray")
+from ray import serve  # noqa: E402
+
+QUEUE = 8  # per replica: small, so a busy reply is quick to reach
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    ends = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < ends, f"timed out after {timeout:g} s waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def ray_processes() -> list[str]:
+    found = subprocess.run(["pgrep", "-af", "raylet|gcs_server|ray::"], capture_output=True, text=True).stdout
+    return [line for line in found.splitlines() if "pgrep" not in line]
+
+
+@pytest.fixture(scope="module")
+def ray_settings(tiny_env):
+    """Two /sentiment replicas, one of every other group; no CPU reserved per replica (2 cores)."""
+    env = tiny_env | {
+        "INFERENCE": "ray",
+        "RAY_ADDRESS": "auto",  # the bot side joins the cluster this module started
+        "RAY_REPLICAS": "sentiment=2",
+        "RAY_CPUS_PER_REPLICA": "0",
+        "QUEUE_SIZE_PER_MODEL": str(QUEUE),
+        "MAX_QUEUED_PER_USER": "64",
+        "SHUTDOWN_GRACE": "2",
+        "STREAM_INTERVAL": "0",  # every generated token is reported: tiny models write fast
+    }
+    return load_settings(env)
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_settings):
+    """A local Ray with Serve and the seven tasks deployed; shut down, and checked gone, after."""
+    assert not ray_processes(), f"Ray processes before the test: {ray_processes()}"
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE",)}
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # no token written into ~/.ray
+    ray.init(num_cpus=2, include_dashboard=False, namespace=ray_serve.NAMESPACE, _temp_dir=temp,
+             log_to_driver=False)
+    try:
+        placement = ray_serve.deploy(dataclasses.replace(ray_settings, ray_address=None), timeout=240)
+        yield placement
+    finally:
+        ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        deadline = time.monotonic() + 20
+        while ray_processes() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        shutil.rmtree(temp, ignore_errors=True)
+        assert not ray_processes(), f"Ray processes left over: {ray_processes()}"
+
+
+@pytest.fixture
+async def executor(cluster, ray_settings):
+    ex = RayExecutor(ray_settings)
+    await ex.start()
+    yield ex
+    await ex.shutdown(grace=5)
+
+
+@pytest.fixture(scope="module")
+def local_backend(tiny_settings) -> LocalBackend:
+    return LocalBackend(tiny_settings)
+
+
+def test_every_replica_is_placed_and_reported(cluster):
+    deployments = sorted(r["deployment"] for r in cluster)
+    assert deployments == ["ask", "generate", "mask+embed", "ner", "sentiment", "sentiment", "translate"]
+    for replica in cluster:
+        assert replica["node"] and all(m["loaded"] for m in replica["models"]), replica
+
+
+async def test_every_task_answers_as_the_local_path_does(executor, local_backend):
+    requests = first_requests()
+    answers = await asyncio.wait_for(asyncio.gather(
+        *(executor.submit(task, request, user_id=i) for i, (task, request) in enumerate(requests.items()))), 120)
+    for (task, request), answer in zip(requests.items(), answers):
+        assert difference(run(local_backend, task, [request])[0], answer) is None, task
+
+
+async def test_generate_streams_and_cancel_stops_the_row_on_the_replica(executor):
+    partials: list[str] = []
+    long = GenerateRequest("Streaming from a replica", max_new_tokens=200, temperature=0.9, seed=3)
+    companions = [asyncio.ensure_future(executor.submit("generate", dataclasses.replace(long, seed=s), user_id=100 + s))
+                  for s in range(3)]
+    job = await executor.enqueue("generate", long, user_id=1, on_progress=partials.append)
+    await wait_until(lambda: partials, "a streamed partial text", timeout=60)
+    assert isinstance(partials[0], str)
+    executor.cancel(job.id)
+    with pytest.raises(Cancelled):
+        await asyncio.wait_for(executor.wait(job), 10)
+    await asyncio.wait_for(asyncio.gather(*companions), 120)
+
+    def replica_cancelled() -> int:
+        return sum(count for r in executor.replicas for (task, outcome), count in r["outcomes"]
+                   if task == "generate" and outcome == "Cancelled")
+
+    await wait_until(lambda: replica_cancelled() >= 1, "the replica's executor to count the cancel", timeout=15)
+
+
+async def test_an_expired_deadline_is_reported_not_computed(executor):
+    """A request whose deadline passes while it waits behind a running batch is dropped on the
+    replica (its deadline travels as seconds remaining) and ends as DeadlineExceeded."""
+    blocker = await executor.enqueue("generate", GenerateRequest("Hold the worker", max_new_tokens=200, seed=5),
+                                     user_id=1)
+    await wait_until(lambda: blocker.started_at, "the blocking batch to start")
+    with pytest.raises(DeadlineExceeded):
+        await asyncio.wait_for(executor.submit("generate", GenerateRequest("Too late", max_new_tokens=2, seed=1),
+                                               user_id=2, timeout=0.05), 30)
+    assert (await executor.wait(blocker)).tokens > 0
+
+
+async def test_a_full_replica_queue_is_a_busy_reply(executor):
+    slow = GenerateRequest("Fill the queue", max_new_tokens=200, seed=1)
+    outcomes = await asyncio.wait_for(asyncio.gather(
+        *(executor.submit("generate", dataclasses.replace(slow, seed=i), user_id=i) for i in range(3 * QUEUE)),
+        return_exceptions=True), 180)
+    busy = [o for o in outcomes if isinstance(o, QueueFull)]
+    done = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert busy and done, [type(o).__name__ for o in outcomes]
+    assert all("busy" in str(o) for o in busy)
+    assert len(busy) + len(done) == len(outcomes), [o for o in outcomes if isinstance(o, BaseException) and o not in busy]
+
+
+async def test_two_replicas_share_the_load(executor):
+    for wave in range(5):  # waves of QUEUE: one replica alone could queue each wave whole
+        await asyncio.wait_for(asyncio.gather(*(executor.submit("sentiment", SentimentRequest(f"text {wave} {i}"),
+                                                                user_id=i) for i in range(QUEUE))), 120)
+
+    def served() -> list[int]:  # per replica, as last reported (every second) to the board
+        return [r["lanes"]["sentiment"]["requests"] for r in executor.replicas if r["deployment"] == "sentiment"]
+
+    await wait_until(lambda: sum(served()) >= 5 * QUEUE, "both replicas to report their counts", timeout=15)
+    assert len(served()) == 2 and all(n > 0 for n in served()), served()
+
+
+async def test_a_replica_killed_mid_batch_ends_every_request_once(executor):
+    slow = GenerateRequest("Until the replica dies", max_new_tokens=200, seed=2)
+    jobs = [await executor.enqueue("generate", dataclasses.replace(slow, seed=i), user_id=i) for i in range(4)]
+    await wait_until(lambda: any(job.started_at for job in jobs), "the batch to start")
+    [name] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+              if "SERVE_REPLICA" in a["name"] and "generate" in a["name"]]
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    outcomes = await asyncio.wait_for(asyncio.gather(*(executor.wait(job) for job in jobs), return_exceptions=True), 60)
+    for outcome in outcomes:  # each ended once: its result, or a clear error naming what to do
+        assert not isinstance(outcome, BaseException) or (
+            isinstance(outcome, InferenceFailed) and "Try again" in str(outcome)), repr(outcome)
+    assert executor._jobs == {}
+    # Serve replaces the replica; the task answers again.
+    await asyncio.wait_for(_until_answers(executor, "generate", GenerateRequest("back", max_new_tokens=3, seed=1)), 90)
+
+
+async def _until_answers(executor, task, request):
+    while True:
+        try:
+            return await executor.submit(task, request)
+        except (InferenceFailed, QueueFull):
+            await asyncio.sleep(0.5)
+
+
+async def test_status_and_models_describe_each_replica(executor):
+    await executor.refresh()
+    snapshot = executor.snapshot()
+    assert snapshot["lanes"]["sentiment"]["replicas"] == 2
+    rows = {row["task"]: row for row in snapshot["models"]}
+    assert len(rows["sentiment"]["replicas"]) == 2 and rows["mask"]["shared_with"] == ["embed"]
+    for row in rows.values():
+        assert row["loaded"] and row["replicas"], row
+        for replica in row["replicas"]:
+            assert replica["node"] and replica["device"] == "cpu" and replica["loaded"]
+
+
+async def test_shutdown_with_requests_in_flight_ends_each_once(cluster, ray_settings):
+    ex = RayExecutor(ray_settings)
+    await ex.start()
+    slow = GenerateRequest("In flight at shutdown", max_new_tokens=200, seed=4)
+    jobs = [await ex.enqueue("generate", dataclasses.replace(slow, seed=i), user_id=i) for i in range(6)]
+    await ex.shutdown(grace=0.2)
+    outcomes = await asyncio.wait_for(asyncio.gather(*(ex.wait(job) for job in jobs), return_exceptions=True), 10)
+    assert all(not isinstance(o, BaseException) or isinstance(o, ShuttingDown) for o in outcomes), outcomes
+    assert ex._jobs == {}
+    with pytest.raises(ShuttingDown):
+        await ex.enqueue("sentiment", SentimentRequest("too late"))
+
+
+async def test_admin_reload_is_a_rolling_update(executor, tiny_checkpoints, tmp_path, local_backend):
+    """/admin reload's backend call, with requests flowing: none fails, and then the task answers
+    from the new checkpoint (a copy of the old one, so the answer is the same)."""
+    copy = tmp_path / "sentiment-copy"
+    shutil.copytree(tiny_checkpoints["sentiment"], copy)
+    request = SentimentRequest("during the update")
+    reload = asyncio.ensure_future(asyncio.to_thread(executor.backend.set_checkpoint, "sentiment", str(copy)))
+    answers = []
+    while not reload.done():
+        answers.append(await asyncio.wait_for(executor.submit("sentiment", request), 60))
+        await asyncio.sleep(0.2)
+    await reload
+    assert answers and executor.backend.checkpoints["sentiment"] == str(copy)
+    after = await executor.submit("sentiment", request)
+    expected = run(local_backend, "sentiment", [request])[0]
+    assert all(difference(expected, answer) is None for answer in [*answers, after])
+
+    def checkpoints() -> set[str]:
+        return {m["checkpoint"] for r in executor.replicas for m in r["models"] if m["task"] == "sentiment"}
+
+    await wait_until(lambda: checkpoints() == {str(copy)}, "only new replicas on the board", timeout=20)
+
+
+# -- the bot on Ray, through the fake Discord -------------------------------------------------------
+
+
+@pytest.fixture
+def bot_settings(ray_settings, tmp_path):
+    return dataclasses.replace(ray_settings, discord_token=TOKEN, discord_guild_id=GUILD_ID, user_cooldown=0.0,
+                               state_dir=tmp_path / "state", owner_ids=(USER_ID,))
+
+
+@pytest.fixture
+def bot_extensions() -> tuple[str, ...]:
+    return EXTENSIONS
+
+
+@pytest.fixture
+def bot_executor():
+    return None  # setup_hook builds it from the settings: INFERENCE=ray gives the RayExecutor
+
+
+async def test_the_bot_answers_and_describes_replicas_on_ray(cluster, fake_discord, discord_bot):
+    assert isinstance(discord_bot.executor, RayExecutor)
+    reply = await slash(fake_discord, "sentiment", {"text": "I love this"})
+    assert reply.embeds and "%" in reply.embeds[0]["title"]
+    await discord_bot.executor.refresh()
+    models = await (await fake_discord.invoke_slash("models")).wait_final(10)
+    fields = {f["name"]: f["value"] for f in models.embeds[0]["fields"]}
+    assert fields["/sentiment"].count("replica on node") == 2 and fields["/ner"].count("replica on node") == 1
+    status = await (await fake_discord.invoke_slash("status")).wait_final(10)
+    assert "replicas" in status.embeds[0]["description"]
+
+
+# -- start-up failures: one line, never a hang ---------------------------------------------------------
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"HF_HUB_OFFLINE": "1"} | env
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], env=full, capture_output=True, text=True, timeout=120,
+                          cwd=tempfile.gettempdir())  # no developer .env
+
+
+def test_serve_on_an_unreachable_cluster_ends_in_one_line():
+    done = cli({"RAY_ADDRESS": "127.0.0.1:1"}, "serve")
+    assert done.returncode == 3
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("automodel-bot:")]
+    assert "Could not connect to RAY_ADDRESS=127.0.0.1:1" in line and "Traceback" not in done.stderr
+
+
+def test_serve_without_a_cluster_address_says_what_to_do():
+    done = cli({}, "serve")
+    assert done.returncode == 2 and "RAY_ADDRESS is empty" in done.stderr and "ray start --head" in done.stderr
+
+
+def test_a_replica_the_cluster_cannot_place_is_one_clear_error(cluster, ray_settings):
+    settings = dataclasses.replace(ray_settings, ray_gpus={"sentiment": 1.0})  # no GPU in this cluster
+    app = ray_serve.group_application(settings, "sentiment", ("sentiment",))
+    name = "automodel-bot-test.unplaceable"
+    serve.run_many([serve.RunTarget(app, name=name, route_prefix=None)], wait_for_applications_running=False)
+    try:
+        with pytest.raises(ModelUnavailable) as refused:
+            ray_serve.wait_running([name], timeout=5)
+        assert "could not be placed" in str(refused.value) and "RAY_GPUS_PER_REPLICA" in refused.value.detail
+    finally:
+        serve.delete(name)

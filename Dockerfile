@@ -7,6 +7,8 @@
 FROM python:3.11-slim AS build
 # cpu: torch from the CPU wheel index (small); cuda: PyPI's default build, with CUDA libraries.
 ARG TORCH_BUILD=cpu
+# Package extras: "[ray]" adds Ray Serve (INFERENCE=ray; the compose "ray" profile builds with it).
+ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -20,7 +22,7 @@ RUN case "$TORCH_BUILD" in \
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY cogs ./cogs
-RUN pip install .
+RUN pip install ".${EXTRAS}"
 
 # --- runtime: the virtual environment, a non-root user, the /data volume ---------------------------
 FROM python:3.11-slim

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens per /generate request")
     parser.add_argument("--continuous", action="store_true",
                         help="also compare transformers' continuous batching with batched generate()")
+    parser.add_argument("--inference", choices=("local", "ray"), default="local",
+                        help="ray: the local executor against the same model on one Ray Serve replica (a local Ray "
+                             "on the same cores), per encoder task: throughput and per-request overhead")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
 
@@ -396,6 +399,64 @@ def bench_continuous(checkpoint: Path, new_tokens: int, rng: random.Random) -> l
     return rows
 
 
+async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], dict]:
+    """The local executor and a RayExecutor on one replica of the same checkpoint, A B B A on the
+    same requests. Overhead = ray latency - local latency at the same quantile."""
+    from ray import serve
+
+    from bot.inference import ray_serve
+    from bot.inference.executor import Executor
+    from bot.inference.local import LocalBackend
+    from bot.inference.ray_client import RayExecutor
+
+    naive = Naive(task, checkpoint)
+    texts = heavy_tailed_texts(args.requests, naive.tokenizer, min(512, naive.tokenizer.model_max_length) - 24, rng)
+    requests = [make_request(task, t, rng, args.new_tokens) for t in texts]
+    del naive
+    settings = dataclasses.replace(
+        settings, checkpoints=dict(settings.checkpoints, **{task: str(checkpoint)}), device="cpu",
+        queue_size_per_model=10_000, queue_size_total=10_000, max_queued_per_user=10_000,
+        inference="ray", ray_address=None, ray_replicas={task: (1, 1)}, ray_cpus={task: 0.0},
+    )
+    local = Executor(settings, LocalBackend(settings))
+    await local.start()
+    await asyncio.to_thread(local.backend.warm_up, task)
+    remote = RayExecutor(settings, only=(task,))
+    await remote.start()
+
+    async def on(executor, request):
+        return await executor.submit(task, request, user_id=rng.randrange(1000))
+
+    sides = {"naive": lambda r: on(local, r), "executor": lambda r: on(remote, r)}
+    await sides["executor"](requests[0])
+    pairs = [
+        await measure_pair(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), 0.0)
+        for clients in [int(c) for c in args.concurrency.split(",")]
+    ]
+    handle = serve.get_deployment_handle(ray_serve.deployment_of(settings)[task],
+                                         app_name=ray_serve.app_name(ray_serve.deployment_of(settings)[task]))
+    pings = []
+    for _ in range(200):
+        began = time.perf_counter()
+        await handle.ping.remote()
+        pings.append(time.perf_counter() - began)
+    pings.sort()
+    await local.shutdown()
+    await remote.shutdown()
+    import ray
+
+    ray.shutdown()
+    rows = []
+    for here, there in pairs:
+        overhead = (there.quantile(0.5) - here.quantile(0.5), there.quantile(0.99) - here.quantile(0.99))
+        rows.append(
+            f"| {task} | {here.concurrency} | {here.rps:.1f} | {there.rps:.1f} | **{there.rps / here.rps:.2f}×** | "
+            f"{_ms(here.quantile(0.5))} / {_ms(here.quantile(0.99))} | {_ms(there.quantile(0.5))} / {_ms(there.quantile(0.99))} | "
+            f"{overhead[0] * 1000:+.1f} / {overhead[1] * 1000:+.1f} |"
+        )
+    return rows, {"ping_p50": pings[len(pings) // 2] * 1000, "ping_p99": pings[int(len(pings) * 0.99)] * 1000}
+
+
 async def bench(args: argparse.Namespace, settings: Settings) -> str:
     from bot.synthetic import build_checkpoints
 
@@ -413,6 +474,19 @@ async def bench(args: argparse.Namespace, settings: Settings) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
+    if args.inference == "ray":
+        lines[2:4] = [
+            "| task | clients | local req/s | ray req/s | ray / local | local p50/p99 ms | ray p50/p99 ms | overhead p50/p99 ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for task in tasks:
+            if task in ENCODER_TASKS:
+                rows, extra = await bench_ray(task, checkpoints[task], settings, args, rng)
+                lines += rows
+                notes.append(f"- {task}: handle round trip of a call that does no work: p50 {extra['ping_p50']:.1f} ms, "
+                             f"p99 {extra['ping_p99']:.1f} ms")
+        lines += ["", *notes, f"- total bench time {time.perf_counter() - started:.0f} s"]
+        return "\n".join(lines)
     for task in tasks:
         if task in ENCODER_TASKS:
             rows, extra = await bench_encoder(task, checkpoints[task], settings, args, rng, peak)

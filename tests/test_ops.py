@@ -545,3 +545,17 @@ async def test_a_process_without_shard_0_connects_its_shards_and_does_not_sync(
     identifies = [f["d"]["shard"] for f in fake_discord.gateway_frames if f.get("op") == 2]
     assert identifies == [[1, 2]]
     assert not [r for r in fake_discord.requests if r.route.startswith("PUT /applications/")]
+
+
+def test_the_ray_compose_file_runs_a_head_the_models_and_bots_by_shard_range():
+    services = yaml.safe_load((ROOT / "docker-compose.ray.yml").read_text())["services"]
+    assert set(services) == {"ray-head", "serve", "bot-shards-0-1", "bot-shards-2-3"}
+    assert "--head" in services["ray-head"]["command"] and "env_file" not in services["ray-head"]  # no token there
+    assert "automodel-bot serve" in services["serve"]["command"]
+    bots = [s for name, s in services.items() if name.startswith("bot-")]
+    shards = [load_settings({k: str(v) for k, v in bot["environment"].items()}) for bot in bots]
+    assert {s.shards for s in shards} == {4} and {s.inference for s in shards} == {"ray"}
+    assert sorted(i for s in shards for i in s.shard_ids) == [0, 1, 2, 3]  # each shard once
+    assert sum(create_bot(s, extensions=()).syncs_commands for s in shards) == 1
+    assert all("automodel-bot run" in bot["command"] and bot["build"]["args"]["EXTRAS"] == "[ray]" for bot in bots)
+    assert 'ARG EXTRAS=""' in (ROOT / "Dockerfile").read_text() and 'pip install ".${EXTRAS}"' in (ROOT / "Dockerfile").read_text()

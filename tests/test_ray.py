@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from collections.abc import Callable
 import pytest
 
 from bot.client import EXTENSIONS
-from bot.inference import ray_serve
+from bot.inference import ray_client, ray_serve
 from bot.inference.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -201,11 +202,27 @@ async def test_a_replica_killed_mid_batch_ends_every_request_once(executor):
     await asyncio.wait_for(_until_answers(executor, "generate", GenerateRequest("back", max_new_tokens=3, seed=1)), 90)
 
 
+async def test_a_replica_that_hangs_ends_its_requests_at_their_deadline(executor, monkeypatch):
+    """A replica stopped (SIGSTOP: alive, silent) cannot answer: the bot stops waiting once the
+    deadline and DEADLINE_SLACK have passed, and the request ends as DeadlineExceeded."""
+    monkeypatch.setattr(ray_client, "DEADLINE_SLACK", 1.0)
+    await executor.refresh()
+    [replica] = [r for r in executor.replicas if r["deployment"] == "ner"]
+    os.kill(replica["pid"], signal.SIGSTOP)
+    try:
+        with pytest.raises(DeadlineExceeded):
+            await asyncio.wait_for(executor.submit("ner", first_requests()["ner"], timeout=1.0), 30)
+    finally:
+        os.kill(replica["pid"], signal.SIGCONT)
+    assert executor._jobs == {}
+    await asyncio.wait_for(_until_answers(executor, "ner", first_requests()["ner"]), 60)
+
+
 async def _until_answers(executor, task, request):
     while True:
         try:
             return await executor.submit(task, request)
-        except (InferenceFailed, QueueFull):
+        except (InferenceFailed, QueueFull, DeadlineExceeded):
             await asyncio.sleep(0.5)
 
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import itertools
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ from bot.inference.errors import (
     ShuttingDown,
     UserBusy,
 )
+from bot.inference.jobs import JobTable
 from bot.inference.tasks import TASKS, BatchContext, Prepared
 from bot.settings import Settings
 
@@ -176,26 +176,20 @@ def cut_batch(window: list[Job], max_size: int, budget: int, max_padding: float 
     return ordered[low : high + 1]
 
 
-class Executor:
+class Executor(JobTable):
     def __init__(self, settings: Settings, backend: Any) -> None:
         self.settings = settings
         self.backend = backend
         self.max_batch_size, self.batch_token_budget = settings.batch_limits(backend.on_gpu)
         self.lanes = {task: Lane(task) for task in TASKS}
-        self.outcomes: Counter[tuple[str, str]] = Counter()  # accepted jobs, by how they ended
-        self.refused: Counter[tuple[str, str]] = Counter()  # requests refused before queueing, by reason
+        super().__init__()
         self.started_at = time.time()
-        self._ids = itertools.count(1)
-        self._jobs: dict[int, Job] = {}
-        self._per_user: Counter[int] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
         # Tokenizing threads, per task: a task whose tokenizer is still loading (behind another
         # model's load) must not hold up requests of tasks that are ready.
         self._prep_pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self._stopping = False
-        # Called on the event loop as listener(job, outcome) when a job ends: logs, metrics.
-        self.listeners: list[Callable[[Job, str], None]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings, backend: Any = None) -> Executor:
@@ -259,10 +253,6 @@ class Executor:
 
     # -- the API the cogs use ------------------------------------------------------------------
 
-    async def submit(self, task: str, request: Any, **options) -> Any:
-        """Enqueue and wait: the request's result, or one BotError."""
-        return await self.wait(await self.enqueue(task, request, **options))
-
     async def enqueue(
         self,
         task: str,
@@ -302,35 +292,20 @@ class Executor:
             deadline=now + (timeout or self.settings.request_timeout),
             on_progress=on_progress,
         )
-        self._jobs[job.id] = job
-        self._per_user[user_id] += 1
+        self._track(job)
         with lane.cond:
             lane.push(job)
             lane.cond.notify()
         return job
 
-    async def wait(self, job: Job) -> Any:
-        try:
-            return await asyncio.shield(job.future)
-        except asyncio.CancelledError:
-            self.cancel(job.id)  # whoever waited is gone: stop spending compute on it
-            raise
-
-    def cancel(self, job_id: int) -> bool:
-        """Cancel a job: a queued one ends now, a running generation stops at its next step."""
-        job = self._jobs.get(job_id)
-        if job is None or job.future.done():
-            return False
-        job.cancelled = True
+    def _stop(self, job: Job) -> None:
+        """A queued job ends now; a running one ends after its batch (a generation row stops at its
+        next step) as Cancelled."""
         lane = self.lanes[job.task]
         with lane.cond:
             removed = lane.remove(job)
         if removed:
             self._finish(job, error=Cancelled())
-        return True
-
-    def get(self, job_id: int) -> Job | None:
-        return self._jobs.get(job_id)
 
     def position(self, job: Job) -> tuple[int, float]:
         """(place in line, seconds until it likely starts); (0, 0.0) once running or done."""
@@ -535,26 +510,11 @@ class Executor:
         def resolve() -> None:
             if job.future.done():
                 return
-            if self._jobs.pop(job.id, None) is not None:
-                self._per_user[job.user_id] -= 1
-                if self._per_user[job.user_id] <= 0:
-                    del self._per_user[job.user_id]
-            outcome = "ok" if error is None else type(error).__name__
-            self.outcomes[(job.task, outcome)] += 1
             job.finished_at = time.monotonic()
             lane = self.lanes[job.task]
             with lane.cond:
                 lane.stats.recent_latency.append(job.finished_at - job.enqueued_at)
-            if error is None:
-                job.future.set_result(result)
-            else:
-                job.future.set_exception(error)
-                job.future.exception()  # mark retrieved: nobody may be waiting (cancelled by its user)
-            for listener in self.listeners:
-                try:
-                    listener(job, outcome)
-                except Exception:
-                    log.exception("Job listener failed")
+            self._settle(job, result, error)
 
         self._call_soon(resolve)
 

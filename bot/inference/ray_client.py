@@ -13,10 +13,8 @@ Every accepted job ends exactly once, as with the local executor.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -26,6 +24,7 @@ from bot.inference import ray_serve
 from bot.inference.errors import (
     BotError,
     Cancelled,
+    DeadlineExceeded,
     InferenceFailed,
     InputError,
     QueueFull,
@@ -33,12 +32,14 @@ from bot.inference.errors import (
     UserBusy,
     from_wire,
 )
+from bot.inference.jobs import JobTable
 from bot.inference.tasks import TASKS
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
 BOARD_REFRESH = 1.0  # seconds between reads of the replicas' board (for /status, /models, ETA)
+DEADLINE_SLACK = 10.0  # seconds past a request's deadline before the bot stops waiting for its replica
 
 
 @dataclass(eq=False)
@@ -126,19 +127,15 @@ class RayBackend:
         return None
 
 
-class RayExecutor:
-    def __init__(self, settings: Settings) -> None:
+class RayExecutor(JobTable):
+    def __init__(self, settings: Settings, only: tuple[str, ...] | None = None) -> None:
         self.settings = settings
+        self.only = only  # serve only these tasks (the bench deploys one model group)
         self.backend = RayBackend(self)
-        self.outcomes: Counter[tuple[str, str]] = Counter()
-        self.refused: Counter[tuple[str, str]] = Counter()
-        self.listeners: list[Callable[[RemoteJob, str], None]] = []
+        super().__init__()
         self.started_at = time.time()
         self.replicas: list[dict[str, Any]] = []  # the board's latest, refreshed every BOARD_REFRESH
         self._handles: dict[str, Any] = {}  # task → DeploymentHandle
-        self._jobs: dict[int, RemoteJob] = {}
-        self._per_user: Counter[int] = Counter()
-        self._ids = itertools.count(1)
         self._stopping = False
         self._board = None
         self._refresher: asyncio.Task | None = None
@@ -150,14 +147,18 @@ class RayExecutor:
         per task, on this event loop (Serve handles misbehave on another loop: ray #55142)."""
         from ray import serve
 
-        await asyncio.to_thread(ray_serve.connect, self.settings)
+        if self.settings.ray_address:
+            await asyncio.to_thread(ray_serve.connect, self.settings)
+        else:  # a local Ray is started from this (long-lived) thread, blocking the loop ~5 s once
+            ray_serve.connect(self.settings)
+        groups = {task: group for task, group in ray_serve.deployment_of(self.settings).items()
+                  if self.only is None or task in self.only}
         if not self.settings.ray_address:
-            await asyncio.to_thread(ray_serve.deploy, self.settings)
+            await asyncio.to_thread(ray_serve.deploy, self.settings, 300.0, self.only)
         else:
-            await asyncio.to_thread(ray_serve.wait_running,
-                                    [ray_serve.app_name(d) for d in ray_serve.model_groups(self.settings)], 60.0)
+            await asyncio.to_thread(ray_serve.wait_running, [ray_serve.app_name(g) for g in set(groups.values())], 60.0)
         self._board = ray_serve.ensure_board()
-        for task, group in ray_serve.deployment_of(self.settings).items():
+        for task, group in groups.items():
             self._handles[task] = serve.get_deployment_handle(group, app_name=ray_serve.app_name(group))
         self._refresher = asyncio.ensure_future(self._refresh_forever())
 
@@ -182,9 +183,6 @@ class RayExecutor:
 
     # -- the API the cogs use ------------------------------------------------------------------
 
-    async def submit(self, task: str, request: Any, **options) -> Any:
-        return await self.wait(await self.enqueue(task, request, **options))
-
     async def enqueue(self, task: str, request: Any, *, user_id: int = 0, timeout: float | None = None,
                       on_progress: Callable[[Any], None] | None = None) -> RemoteJob:
         """Send the request to its model group; returns once a replica accepted it (or raises the
@@ -200,13 +198,18 @@ class RayExecutor:
         now = time.monotonic()
         seconds = timeout or self.settings.request_timeout
         job = RemoteJob(next(self._ids), task, user_id, loop.create_future(), now, now + seconds, on_progress)
-        self._jobs[job.id] = job
-        self._per_user[user_id] += 1
+        self._track(job)
         job.response = self._handles[task].options(stream=True).run.remote(task, request, user_id, seconds)
         try:
-            first = await job.response.__anext__()
-        except BaseException as err:
+            # Bounded like the rest of the request: a replica that hangs never answers at all.
+            first = await asyncio.wait_for(job.response.__anext__(), seconds + DEADLINE_SLACK)
+        except asyncio.CancelledError:  # whoever enqueued is gone: so is the request
             self._forget(job)
+            job.response.cancel()
+            raise
+        except Exception as err:
+            self._forget(job)
+            job.response.cancel()
             error = _cluster_error(err, job)
             self.refused[(task, type(error).__name__)] += 1
             raise error from err
@@ -219,25 +222,10 @@ class RayExecutor:
         job.consumer = asyncio.ensure_future(self._consume(job))
         return job
 
-    async def wait(self, job: RemoteJob) -> Any:
-        try:
-            return await asyncio.shield(job.future)
-        except asyncio.CancelledError:
-            self.cancel(job.id)
-            raise
-
-    def cancel(self, job_id: int) -> bool:
+    def _stop(self, job: RemoteJob) -> None:
         """Stop the request on its replica (the replica's executor drops or stops it) and end it."""
-        job = self._jobs.get(job_id)
-        if job is None or job.future.done():
-            return False
-        job.cancelled = True
         self._cancel_remote(job)
         self._finish(job, error=Cancelled(partial=job.partial))
-        return True
-
-    def get(self, job_id: int) -> RemoteJob | None:
-        return self._jobs.get(job_id)
 
     def position(self, job: RemoteJob) -> tuple[int, float]:
         return (job.place, job.eta) if job.state == "queued" else (0, 0.0)
@@ -285,6 +273,15 @@ class RayExecutor:
 
     async def _consume(self, job: RemoteJob) -> None:
         try:
+            # The replica enforces the deadline; this bounds a replica that hangs instead of dying.
+            await asyncio.wait_for(self._events(job), max(0.0, job.deadline - time.monotonic()) + DEADLINE_SLACK)
+        except asyncio.TimeoutError:
+            if job.response is not None:
+                job.response.cancel()
+            self._finish(job, error=DeadlineExceeded("Your request ran past its time limit and was stopped."))
+
+    async def _events(self, job: RemoteJob) -> None:
+        try:
             async for event in job.response:
                 self._apply(job, event)
                 if job.future.done():
@@ -316,6 +313,8 @@ class RayExecutor:
                     log.exception("Progress callback of job %d failed", job.id)
         elif kind == "result":
             info = event[2]
+            if job.started_at is None and info.get("compute") is not None:  # for logs and metrics
+                job.started_at = time.monotonic() - info["compute"]
             job.batch_size = info.get("batch_size", 0)
             job.prepared = SimpleNamespace(cost=info.get("tokens"))
             self._finish(job, result=event[1])
@@ -323,28 +322,7 @@ class RayExecutor:
             self._finish(job, error=from_wire(event[1]))
 
     def _finish(self, job: RemoteJob, result: Any = None, error: BaseException | None = None) -> None:
-        if job.future.done():
-            return
-        self._forget(job)
-        job.finished_at = time.monotonic()
-        outcome = "ok" if error is None else type(error).__name__
-        self.outcomes[(job.task, outcome)] += 1
-        if error is None:
-            job.future.set_result(result)
-        else:
-            job.future.set_exception(error)
-            job.future.exception()  # nobody may be waiting (cancelled by its user)
-        for listener in self.listeners:
-            try:
-                listener(job, outcome)
-            except Exception:
-                log.exception("Job listener failed")
-
-    def _forget(self, job: RemoteJob) -> None:
-        if self._jobs.pop(job.id, None) is not None:
-            self._per_user[job.user_id] -= 1
-            if self._per_user[job.user_id] <= 0:
-                del self._per_user[job.user_id]
+        self._settle(job, result, error)
 
     def _cancel_remote(self, job: RemoteJob) -> None:
         if job.consumer is not None:
@@ -372,5 +350,7 @@ def _cluster_error(err: BaseException, job: RemoteJob) -> BotError:
         return err
     if isinstance(err, BackPressureError):
         return QueueFull(f"The bot is busy (the /{job.task} servers' queues are full). Try again soon.")
+    if isinstance(err, asyncio.TimeoutError):
+        return DeadlineExceeded("Your request ran past its time limit: the model server did not answer.")
     return InferenceFailed(f"The model server failed while running your request (error id {job.id}). "
                            "Try again in a few seconds.")

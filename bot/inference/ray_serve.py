@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import socket
 import threading
 import time
@@ -63,11 +64,18 @@ class ModelGroup:
     them with its own Executor (its own fair queue, token-budgeted batches, deadlines)."""
 
     def __init__(self, settings: Settings, tasks: tuple[str, ...]) -> None:
+        import torch
+
         from bot.inference.executor import Executor
         from bot.inference.local import LocalBackend
 
         self.settings = settings
         self.tasks = tasks
+        # Ray sets OMP_NUM_THREADS to the CPUs an actor reserves (1 when it reserves none or a
+        # fraction), which left torch one thread: measured 0.6-0.7x the local path's throughput on
+        # the same two cores. Use TORCH_THREADS, else the CPUs reserved, else every core.
+        cpus = max(settings.ray_cpus.get(t, 1.0) for t in tasks)
+        torch.set_num_threads(settings.torch_threads or (int(cpus) if cpus >= 1 else os.cpu_count() or 1))
         self.backend = LocalBackend(settings)
         for task in tasks:
             self.backend.warm_up(task)  # the replica is ready when its models are
@@ -120,6 +128,9 @@ class ModelGroup:
             self.executor.cancel(job.id)  # the bot cancelled the call: stop the work here
             raise
 
+    async def ping(self) -> None:
+        """A call that does no work: the transport's own cost (the bench measures it)."""
+
     async def set_checkpoint(self, task: str, checkpoint: str) -> None:
         await asyncio.to_thread(self.backend.set_checkpoint, task, checkpoint)
 
@@ -133,6 +144,7 @@ class ModelGroup:
             "deployment": context.deployment,
             "replica": context.replica_id.unique_id,
             "node": ray.get_runtime_context().get_node_id()[:12],
+            "pid": os.getpid(),
             "tasks": list(self.tasks),
             "models": [row for row in snapshot["models"] if row["task"] in self.tasks],
             "lanes": {task: lane for task, lane in snapshot["lanes"].items() if task in self.tasks},
@@ -195,10 +207,11 @@ class Board:
         return list(self.states.values())
 
 
-def applications(settings: Settings) -> dict[str, Any]:
-    """Serve application name → application: one per model group, so /admin reload updates one
-    group's replicas only."""
-    return {app_name(name): group_application(settings, name, tasks) for name, tasks in model_groups(settings).items()}
+def applications(settings: Settings, only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Serve application name → application: one per model group (those serving a task in `only`,
+    when given), so /admin reload updates one group's replicas only."""
+    return {app_name(name): group_application(settings, name, tasks) for name, tasks in model_groups(settings).items()
+            if only is None or set(tasks) & set(only)}
 
 
 def group_application(settings: Settings, name: str, tasks: tuple[str, ...]) -> Any:
@@ -246,6 +259,15 @@ def connect(settings: Settings) -> None:
     if settings.ray_address:
         options["address"] = settings.ray_address
     where = f"RAY_ADDRESS={settings.ray_address}" if settings.ray_address else "a local Ray"
+    if not settings.ray_address:
+        # Started from this thread, which must outlive it: Ray ties the processes it starts to the
+        # starting thread (a thread that ends takes the local cluster with it).
+        try:
+            ray.init(**options)
+        except Exception as err:
+            raise ModelUnavailable("The model cluster could not start.",
+                                   detail=f"Could not start a local Ray: {_first_line(err)}") from err
+        return
     try:
         _check_reachable(settings.ray_address)
         # ray.init retries an unreachable cluster for minutes: bounded here, in a daemon thread.
@@ -282,7 +304,7 @@ def _check_reachable(address: str | None) -> None:
         pass
 
 
-def deploy(settings: Settings, timeout: float = 300.0) -> list[dict[str, Any]]:
+def deploy(settings: Settings, timeout: float = 300.0, only: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """Deploy or update every model group, wait until each is running, and return where each
     replica landed. A replica the cluster cannot place (too few CPUs or GPUs) or one that fails to
     start is a ModelUnavailable naming the deployment, after `timeout` at the latest."""
@@ -291,7 +313,7 @@ def deploy(settings: Settings, timeout: float = 300.0) -> list[dict[str, Any]]:
     connect(settings)
     serve.start(proxy_location="Disabled")  # the bot calls handles; no HTTP proxy
     ensure_board()
-    apps = applications(settings)
+    apps = applications(settings, only)
     serve.run_many([serve.RunTarget(app, name=name, route_prefix=None) for name, app in apps.items()],
                    wait_for_applications_running=False)
     wait_running(list(apps), timeout)

@@ -82,6 +82,7 @@ class RayBackend:
     def describe(self) -> list[dict[str, Any]]:
         rows = []
         replicas = self.executor.replicas
+        group_of = ray_serve.deployment_of(self.executor.settings)
         for name, task in TASKS.items():
             own = [r for r in replicas if name in r["tasks"]]
             models = [m for r in own for m in r["models"] if m["task"] == name]
@@ -96,8 +97,7 @@ class RayBackend:
                 "parameters": first.get("parameters"),
                 "memory_bytes": sum(m["memory_bytes"] or 0 for m in models) or None,
                 "loaded": any(m["loaded"] for m in models),
-                "shared_with": [t for t in TASKS if t != name and ray_serve.deployment_of(self.executor.settings)[t]
-                                == ray_serve.deployment_of(self.executor.settings)[name]],
+                "shared_with": [t for t in TASKS if t != name and group_of[t] == group_of[name]],
                 "replicas": [{"replica": r["replica"], "node": r["node"],
                               "device": next((m["device"] for m in r["models"] if m["task"] == name), "?"),
                               "loaded": any(m["loaded"] for m in r["models"] if m["task"] == name),
@@ -115,10 +115,9 @@ class RayBackend:
 
         checkpoints = {**self.checkpoints, task: checkpoint}
         settings = dataclasses.replace(self.executor.settings, checkpoints=checkpoints)
-        name = ray_serve.app_name(ray_serve.deployment_of(self.executor.settings)[task])
-        group = ray_serve.deployment_of(self.executor.settings)[task]
-        tasks = ray_serve.model_groups(self.executor.settings)[group]
-        app = ray_serve.group_application(settings, group, tasks)
+        group = ray_serve.deployment_of(self.executor.settings)[task]  # the groups stay as deployed
+        app = ray_serve.group_application(settings, group, ray_serve.model_groups(self.executor.settings)[group])
+        name = ray_serve.app_name(group)
         serve.run_many([serve.RunTarget(app, name=name, route_prefix=None)], wait_for_applications_running=False)
         ray_serve.wait_running([name], timeout=300)
         self.checkpoints = checkpoints

@@ -330,10 +330,9 @@ def test_a_replica_the_cluster_cannot_place_is_one_clear_error(cluster, ray_sett
     settings = dataclasses.replace(ray_settings, ray_gpus={"sentiment": 1.0})  # no GPU in this cluster
     app = ray_serve.group_application(settings, "sentiment", ("sentiment",))
     name = "automodel-bot-test.unplaceable"
-    serve.run_many([serve.RunTarget(app, name=name, route_prefix=None)], wait_for_applications_running=False)
     try:
         with pytest.raises(ModelUnavailable) as refused:
-            ray_serve.wait_running([name], timeout=5)
+            ray_serve.run_apps({name: app}, timeout=5)
         assert "could not be placed" in str(refused.value) and "RAY_GPUS_PER_REPLICA" in refused.value.detail
     finally:
         serve.delete(name)

@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+import discord
 import pytest
 import transformers
 
@@ -71,7 +72,7 @@ async def test_a_team_owns_admin_through_its_accepted_admins_and_developers(team
     assert discord_bot.owner_id_set == {USER_ID, DEVELOPER}
     for user in (READ_ONLY, INVITED_ADMIN, INVITED_DEVELOPER, OTHER_USER_ID):
         assert NOT_OWNER in await admin_sync(fake_discord, user), user
-        assert not await discord_bot.is_owner(discord_bot.get_user(user) or _Someone(user))
+        assert not await discord_bot.is_owner(discord.Object(id=user))
     for user in (USER_ID, DEVELOPER):
         assert "Commands synced" in await admin_sync(fake_discord, user), user
 
@@ -80,11 +81,6 @@ async def test_a_team_owns_admin_through_its_accepted_admins_and_developers(team
 async def test_without_a_team_the_application_owner_alone_is_owner(fake_discord, discord_bot):
     assert discord_bot.owner_id_set == {USER_ID}
     assert NOT_OWNER in await admin_sync(fake_discord, OTHER_USER_ID)
-
-
-class _Someone:
-    def __init__(self, user_id: int) -> None:
-        self.id = user_id
 
 
 # -- a mention of the bot is inert ----------------------------------------------------------------

@@ -30,7 +30,6 @@ from bot.inference.errors import (
     ModelUnavailable,
     QueueFull,
     ShuttingDown,
-    UserBusy,
 )
 from bot.inference.jobs import JobTable
 from bot.inference.tasks import TASKS, BatchContext, Prepared
@@ -369,11 +368,7 @@ class Executor(JobTable):
                 f"The bot is busy ({lane.depth} /{task} requests waiting, {total} in all). Try again soon.",
                 retry_after=wait,
             )
-        if self._per_user[user_id] >= self.settings.max_queued_per_user:
-            raise UserBusy(
-                f"You already have {self._per_user[user_id]} requests in progress; wait for one to finish.",
-                retry_after=self._drain_estimate(lane),
-            )
+        self._check_user(user_id, retry_after=self._drain_estimate(lane))
 
     def _drain_estimate(self, lane: Lane) -> float:
         per_batch = max(lane.stats.batch_seconds, 0.05)

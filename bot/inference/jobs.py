@@ -11,6 +11,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from bot.inference.errors import UserBusy
+
 log = logging.getLogger(__name__)
 
 
@@ -50,6 +52,14 @@ class JobTable:
 
     def get(self, job_id: int):
         return self._jobs.get(job_id)
+
+    def _check_user(self, user_id: int, retry_after: float = 5.0) -> None:
+        """UserBusy when this user already has MAX_QUEUED_PER_USER requests in progress."""
+        if self._per_user[user_id] >= self.settings.max_queued_per_user:
+            raise UserBusy(
+                f"You already have {self._per_user[user_id]} requests in progress; wait for one to finish.",
+                retry_after=retry_after,
+            )
 
     def _track(self, job) -> None:
         self._jobs[job.id] = job

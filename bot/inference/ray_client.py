@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -29,9 +29,9 @@ from bot.inference.errors import (
     InputError,
     QueueFull,
     ShuttingDown,
-    UserBusy,
     from_wire,
 )
+from bot.inference.executor import Job
 from bot.inference.jobs import JobTable
 from bot.inference.tasks import TASKS
 from bot.settings import Settings
@@ -43,32 +43,15 @@ DEADLINE_SLACK = 10.0  # seconds past a request's deadline before the bot stops 
 
 
 @dataclass(eq=False)
-class RemoteJob:
-    """A request running on a replica, as the bot sees it (the fields the cogs and logs read)."""
+class RemoteJob(Job):
+    """A request running on a replica, as the bot sees it: the local Job's fields (the cogs and logs
+    read them; `prepared` only carries the token count the replica reports), plus its place in
+    the replica's line and the Serve call. started_at is set once the replica reports it running."""
 
-    id: int
-    task: str
-    user_id: int
-    future: asyncio.Future
-    enqueued_at: float
-    deadline: float
-    on_progress: Callable[[Any], None] | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    batch_size: int = 0
-    cancelled: bool = False
-    partial: Any = None
     place: int = 0
     eta: float = 0.0
-    prepared: Any = field(default_factory=lambda: SimpleNamespace(cost=None))
     response: Any = None  # the Serve DeploymentResponseGenerator
     consumer: asyncio.Task | None = None
-
-    @property
-    def state(self) -> str:
-        if self.future.done():
-            return "done"
-        return "running" if self.place == 0 and self.started_at is not None else "queued"
 
 
 class RayBackend:
@@ -111,15 +94,11 @@ class RayBackend:
         cog runs it in a thread."""
         import dataclasses
 
-        from ray import serve
-
         checkpoints = {**self.checkpoints, task: checkpoint}
         settings = dataclasses.replace(self.executor.settings, checkpoints=checkpoints)
         group = ray_serve.deployment_of(self.executor.settings)[task]  # the groups stay as deployed
         app = ray_serve.group_application(settings, group, ray_serve.model_groups(self.executor.settings)[group])
-        name = ray_serve.app_name(group)
-        serve.run_many([serve.RunTarget(app, name=name, route_prefix=None)], wait_for_applications_running=False)
-        ray_serve.wait_running([name], timeout=300)
+        ray_serve.run_apps({ray_serve.app_name(group): app}, timeout=300)
         self.checkpoints = checkpoints
 
     def memory(self) -> dict[str, int] | None:
@@ -196,7 +175,8 @@ class RayExecutor(JobTable):
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         seconds = timeout or self.settings.request_timeout
-        job = RemoteJob(next(self._ids), task, user_id, loop.create_future(), now, now + seconds, on_progress)
+        job = RemoteJob(next(self._ids), task, user_id, SimpleNamespace(cost=None), loop.create_future(), now,
+                        now + seconds, on_progress)
         self._track(job)
         job.response = self._handles[task].options(stream=True).run.remote(task, request, user_id, seconds)
         try:
@@ -267,8 +247,7 @@ class RayExecutor(JobTable):
             raise ShuttingDown("The bot is restarting; try again shortly.")
         if len(self._jobs) >= self.settings.queue_size_total:
             raise QueueFull(f"The bot is busy ({len(self._jobs)} requests in progress). Try again soon.")
-        if self._per_user[user_id] >= self.settings.max_queued_per_user:
-            raise UserBusy(f"You already have {self._per_user[user_id]} requests in progress; wait for one to finish.")
+        self._check_user(user_id)
 
     async def _consume(self, job: RemoteJob) -> None:
         try:

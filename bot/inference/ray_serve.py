@@ -313,11 +313,18 @@ def deploy(settings: Settings, timeout: float = 300.0, only: tuple[str, ...] | N
     connect(settings)
     serve.start(proxy_location="Disabled")  # the bot calls handles; no HTTP proxy
     ensure_board()
-    apps = applications(settings, only)
+    run_apps(applications(settings, only), timeout)
+    return placement()
+
+
+def run_apps(apps: dict[str, Any], timeout: float) -> None:
+    """Deploy or update these Serve applications (an update replaces replicas gradually, the old
+    ones serving until the new are ready) and wait, bounded, until each runs."""
+    from ray import serve
+
     serve.run_many([serve.RunTarget(app, name=name, route_prefix=None) for name, app in apps.items()],
                    wait_for_applications_running=False)
     wait_running(list(apps), timeout)
-    return placement()
 
 
 def wait_running(names: list[str], timeout: float) -> None:

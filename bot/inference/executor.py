@@ -182,7 +182,6 @@ class Executor(JobTable):
         self.max_batch_size, self.batch_token_budget = settings.batch_limits(backend.on_gpu)
         self.lanes = {task: Lane(task) for task in TASKS}
         super().__init__()
-        self.started_at = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._threads: list[threading.Thread] = []
         # Tokenizing threads, per task: a task whose tokenizer is still loading (behind another
@@ -341,15 +340,7 @@ class Executor(JobTable):
                     "latency_p50": _quantile(latencies, 0.5),
                     "latency_p99": _quantile(latencies, 0.99),
                 }
-        return {
-            "uptime": time.time() - self.started_at,
-            "queued": sum(lane["queued"] for lane in lanes.values()),
-            "lanes": lanes,
-            "outcomes": dict(self.outcomes),
-            "refused": dict(self.refused),
-            "models": self.backend.describe(),
-            "memory": self.backend.memory(),
-        }
+        return self._snapshot(lanes)
 
     @property
     def accepting(self) -> bool:

@@ -25,6 +25,7 @@ class JobTable:
         self._ids = itertools.count(1)
         self._jobs: dict[int, Any] = {}
         self._per_user: Counter[int] = Counter()
+        self.started_at = time.time()
 
     async def submit(self, task: str, request: Any, **options) -> Any:
         """Enqueue and wait: the request's result, or one BotError."""
@@ -52,6 +53,18 @@ class JobTable:
 
     def get(self, job_id: int):
         return self._jobs.get(job_id)
+
+    def _snapshot(self, lanes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """What snapshot() returns around per-task lane figures: for /status, /models and metrics."""
+        return {
+            "uptime": time.time() - self.started_at,
+            "queued": sum(lane["queued"] for lane in lanes.values()),
+            "lanes": lanes,
+            "outcomes": dict(self.outcomes),
+            "refused": dict(self.refused),
+            "models": self.backend.describe(),
+            "memory": self.backend.memory(),
+        }
 
     def _check_user(self, user_id: int, retry_after: float = 5.0) -> None:
         """UserBusy when this user already has MAX_QUEUED_PER_USER requests in progress."""

@@ -111,7 +111,6 @@ class RayExecutor(JobTable):
         self.only = only  # serve only these tasks (the bench deploys one model group)
         self.backend = RayBackend(self)
         super().__init__()
-        self.started_at = time.time()
         self.replicas: list[dict[str, Any]] = []  # the board's latest, refreshed every BOARD_REFRESH
         self._handles: dict[str, Any] = {}  # task → DeploymentHandle
         self._stopping = False
@@ -225,16 +224,7 @@ class RayExecutor(JobTable):
                 "latency_p99": max((lane["latency_p99"] for lane in own), default=0.0),
                 "replicas": len(own),
             }
-        return {
-            "uptime": time.time() - self.started_at,
-            "queued": sum(lane["queued"] for lane in lanes.values()),
-            "lanes": lanes,
-            "outcomes": dict(self.outcomes),
-            "refused": dict(self.refused),
-            "models": self.backend.describe(),
-            "memory": None,
-            "replicas": self.replicas,
-        }
+        return {**self._snapshot(lanes), "replicas": self.replicas}
 
     async def refresh(self) -> None:
         """Read the board now (the background refresh does it every BOARD_REFRESH seconds)."""

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     attempt.add_argument("--greedy", action="store_true", help="generate: no sampling")
     attempt.add_argument("--top-k", type=int, default=5)
     attempt.add_argument("--json", action="store_true", help="print the result as JSON")
+    attempt.add_argument("--code", action="store_true",
+                         help="print the Python script that reproduces the result (what the Code button sends)")
 
     serve = sub.add_parser("serve", help="deploy or update the models on the Ray cluster at RAY_ADDRESS (INFERENCE=ray)")
     serve.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every replica to run")
@@ -171,19 +173,26 @@ def build_request(args: argparse.Namespace) -> Any:
 def cmd_try(args: argparse.Namespace, settings: Settings) -> int:
     from bot.inference.executor import Executor
     from bot.render import as_text
+    from bot.reproduce import script, spec_for
 
     request = build_request(args)
 
-    async def once() -> Any:
+    async def once() -> tuple[Any, str]:
         executor = Executor.from_settings(settings)
         await executor.start()
         try:
-            return await executor.submit(args.task, request)
+            result = await executor.submit(args.task, request)
+            backend = executor.backend
+            spec = spec_for(args.task, request, result, backend.checkpoints[args.task], *backend.precision(args.task))
+            return result, script(spec)
         finally:
             await executor.shutdown()
 
-    result = asyncio.run(once())
-    print(json.dumps(dataclasses.asdict(result), ensure_ascii=False, indent=2) if args.json else as_text(result))
+    result, code = asyncio.run(once())
+    if args.code:
+        print(code, end="")
+    else:
+        print(json.dumps(dataclasses.asdict(result), ensure_ascii=False, indent=2) if args.json else as_text(result))
     return 0
 
 

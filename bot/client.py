@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
+from bot.code_button import CodeButton
+from bot.code_store import CodeStore
 from bot.tree import BotTree
 
 if TYPE_CHECKING:
@@ -73,6 +75,10 @@ class AutoModelBot(commands.Bot):
         self.cooldowns = Cooldowns(settings.user_cooldown)
         self.edit_budget = EditBudget()
         self.metrics_server: MetricsServer | None = None
+        # What each reply's Code button needs (#14), on disk so presses survive a restart.
+        self.code_store = (
+            CodeStore(settings.state_dir / "code.sqlite3", settings.code_keep_days) if settings.code_keep_days > 0 else None
+        )
         self._draining: asyncio.Task | None = None
 
     async def setup_hook(self) -> None:
@@ -97,6 +103,7 @@ class AutoModelBot(commands.Bot):
         await self.executor.start()
         if self.settings.preload:
             log.info("PRELOAD: models ready in %.1fs", time.monotonic() - started)
+        self.add_dynamic_items(CodeButton)  # presses on any reply's Code button, from any earlier run too
         for name in self.extension_names:
             try:
                 await self.load_extension(name)
@@ -160,6 +167,8 @@ class AutoModelBot(commands.Bot):
         if self.metrics_server is not None:
             await self.metrics_server.stop()
             self.metrics_server = None
+        if self.code_store is not None:
+            self.code_store.close()
 
     async def _drain(self, caller: asyncio.Task | None) -> None:
         """Stop taking jobs (new commands hear "restarting"), tell queued users their job will not

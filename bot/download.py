@@ -7,6 +7,7 @@ failed; then a summary line if anything failed, and exit code 3. Never a traceba
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -32,6 +33,15 @@ OTHER_FRAMEWORKS = [
 def looks_like_path(checkpoint: str) -> bool:
     """A hub id is `name` or `org/name`; anything else (absolute, ./, ~, deeper) is a directory."""
     return checkpoint.startswith(("/", ".", "~")) or checkpoint.count("/") > 1 or "\\" in checkpoint
+
+
+def shown_checkpoint(checkpoint: str, full: bool) -> str:
+    """A checkpoint as a user may see it: a local checkpoint's full path only when `full` (owners);
+    others see its folder name (the layout of the host's disk is nobody else's business)."""
+    local = looks_like_path(checkpoint) or Path(checkpoint).is_dir()  # "models/sst2" may be a folder too
+    if full or not local:
+        return checkpoint
+    return re.split(r"[/\\]", checkpoint.rstrip("/\\"))[-1] or "(a local folder)"
 
 
 def ignore_patterns(files: list[str]) -> list[str]:

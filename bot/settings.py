@@ -75,6 +75,7 @@ class Settings:
     # Several bot processes (#11): this one runs shards shard_ids of shard_count (None: all).
     shard_ids: tuple[int, ...] | None = None
     stream_interval: float = 0.5  # seconds between streamed partial /generate texts
+    code_keep_days: float = 7.0  # how long a reply's Code button keeps working (#14); 0 turns it off
     inference: str = "local"
     ray_address: str | None = None  # None: start a local Ray (a one-machine try-out)
     ray_replicas: dict[str, tuple[int, int]] = field(default_factory=dict)  # task → (min, max); absent: (1, 1)
@@ -286,6 +287,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         shards=_shard_count(env),
         shard_ids=_shard_ids(env),
         stream_interval=_float(env, "STREAM_INTERVAL", 0.5),
+        code_keep_days=_float(env, "CODE_KEEP_DAYS", 7.0),
         inference=_choice(env, "INFERENCE", "local", INFERENCE_MODES),
         ray_address=env.get("RAY_ADDRESS", "").strip() or None,
         ray_replicas=_per_task(env, "RAY_REPLICAS", _replica_range),

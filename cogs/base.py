@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
+from bot.code_button import code_view
 from bot.inference.errors import Cancelled, RateLimited
 from bot.inference.tasks.generate import GenerateResult
 from bot.render import Reply, as_reply, prepend, reply_generate
@@ -138,7 +139,7 @@ class TaskCog(commands.Cog):
         except asyncio.CancelledError:
             bot.executor.cancel(job.id)
             raise
-        await deliver(interaction, as_reply(result), task)
+        await deliver(interaction, as_reply(result), task, await code_view(bot, task, request, result))
 
     async def _wait(self, interaction: discord.Interaction, job: Job) -> Any:
         """Wait for the job, keeping the reply current: place in line, or streamed text."""
@@ -184,7 +185,9 @@ def discord_files(reply: Reply) -> list[discord.File]:
     return [discord.File(io.BytesIO(data), filename=name) for name, data in reply.files]
 
 
-async def deliver(interaction: discord.Interaction, reply: Reply, task: str) -> None:
+async def deliver(
+    interaction: discord.Interaction, reply: Reply, task: str, view: discord.ui.View | None = None
+) -> None:
     """The final edit of the reply. It must land: when the token has expired, post in the channel
     (pinging only the requester), and failing that, send a DM. When Discord keeps failing the edit
     (5xx or 429 after discord.py's own retries), send the result as a followup, then the same way."""
@@ -193,7 +196,7 @@ async def deliver(interaction: discord.Interaction, reply: Reply, task: str) -> 
     if not expired:
         try:
             await interaction.edit_original_response(
-                content=reply.content, embeds=reply.embeds, attachments=discord_files(reply), view=None,
+                content=reply.content, embeds=reply.embeds, attachments=discord_files(reply), view=view,
                 allowed_mentions=NO_PINGS,
             )
             return
@@ -204,7 +207,7 @@ async def deliver(interaction: discord.Interaction, reply: Reply, task: str) -> 
                 log.warning("The final edit of a /%s reply failed (%s); sending the result as a followup", task, err)
                 why = "the original reply could not be updated"
                 try:
-                    await interaction.followup.send(**_message_kwargs(reply), allowed_mentions=NO_PINGS, wait=True)
+                    await interaction.followup.send(**_message_kwargs(reply, view), allowed_mentions=NO_PINGS, wait=True)
                     return
                 except discord.HTTPException as again:
                     log.warning("The /%s followup failed too (%s); posting in the channel", task, again)
@@ -214,12 +217,12 @@ async def deliver(interaction: discord.Interaction, reply: Reply, task: str) -> 
     channel = interaction.channel
     if channel is not None:
         try:
-            await channel.send(**_message_kwargs(late), allowed_mentions=only_them)
+            await channel.send(**_message_kwargs(late, view), allowed_mentions=only_them)
             return
         except discord.HTTPException as err:
             log.info("Could not post the late /%s result in the channel (%s); sending a DM", task, err)
     try:
-        await user.send(**_message_kwargs(late), allowed_mentions=NO_PINGS)
+        await user.send(**_message_kwargs(late, view), allowed_mentions=NO_PINGS)
     except discord.HTTPException as err:
         log.error("Could not deliver a /%s result anywhere (edit, channel, DM): %s", task, err)
 
@@ -229,10 +232,13 @@ def _transient(err: discord.HTTPException) -> bool:
     return err.status >= 500 or err.status == 429
 
 
-def _message_kwargs(reply: Reply) -> dict[str, Any]:
-    """content/embeds/files for send(); files only when there are some (an empty list is not "none")."""
+def _message_kwargs(reply: Reply, view: discord.ui.View | None = None) -> dict[str, Any]:
+    """content/embeds/files/view for send(); files and view only when there are some (an empty
+    list is not "none")."""
     kwargs: dict[str, Any] = {"content": reply.content, "embeds": reply.embeds}
     files = discord_files(reply)
     if files:
         kwargs["files"] = files
+    if view is not None:
+        kwargs["view"] = view
     return kwargs

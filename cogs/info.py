@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.download import looks_like_path
+from bot.download import shown_checkpoint
 from bot.inference.tasks import TASKS
 from bot.tree import NO_PINGS
 
@@ -54,12 +51,7 @@ class Info(commands.Cog):
         self.bot = bot
 
     def shown(self, checkpoint: str, interaction: discord.Interaction) -> str:
-        """A local checkpoint's full path only for owners; others see its folder name (the layout
-        of the host's disk is nobody else's business)."""
-        local = looks_like_path(checkpoint) or Path(checkpoint).is_dir()  # "models/sst2" may be a folder too
-        if interaction.user.id in self.bot.owner_id_set or not local:
-            return checkpoint
-        return re.split(r"[/\\]", checkpoint.rstrip("/\\"))[-1] or "(a local folder)"
+        return shown_checkpoint(checkpoint, full=interaction.user.id in self.bot.owner_id_set)
 
     @app_commands.command(name="models", description="Which model runs each command, where, and whether it is loaded")
     async def models(self, interaction: discord.Interaction) -> None:

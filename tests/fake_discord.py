@@ -120,6 +120,12 @@ def _walk_components(components: list[dict[str, Any]]) -> Iterator[dict[str, Any
         yield from _walk_components(component.get("components", []))
 
 
+def has_cancel_button(components: list[dict[str, Any]] | None) -> bool:
+    """Waiting and streaming replies carry a Cancel button; a final reply at most its Code button."""
+    ids = [c["custom_id"] for c in _walk_components(components or []) if "custom_id" in c]
+    return any(not custom_id.startswith("code:") for custom_id in ids)
+
+
 class ApiError(Exception):
     """Answer the current request with Discord's JSON error shape."""
 

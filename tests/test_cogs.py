@@ -44,6 +44,7 @@ from tests.fake_discord import (
     FakeDiscord,
     FakeInteraction,
     FakeMessage,
+    has_cancel_button,
 )
 from tests.faults import InjectingBackend
 
@@ -174,7 +175,7 @@ def assert_within_limits(content: str | None, embeds: list[dict]) -> None:
 
 async def final(interaction: FakeInteraction, timeout: float = 30) -> FakeMessage:
     """The reply once its last edit removed the Cancel button (progress edits carry it)."""
-    reply = await interaction.wait_final(timeout, until=lambda m: not m.components)
+    reply = await interaction.wait_final(timeout, until=lambda m: not has_cancel_button(m.components))
     assert_within_limits(reply.content, reply.embeds)
     return reply
 
@@ -476,7 +477,7 @@ async def test_queued_request_shows_its_place_and_can_be_cancelled(fake_discord,
         first = await fake_discord.invoke_slash("sentiment", {"text": "first"})
         await until(lambda: discord_bot.executor.lanes["sentiment"].running, what="a running batch")
         second = await fake_discord.invoke_slash("sentiment", {"text": "second"}, user_id=OTHER_USER_ID)
-        waiting = await second.wait_final(10, until=lambda m: bool(m.components))
+        waiting = await second.wait_final(10, until=lambda m: has_cancel_button(m.components))
         assert re.fullmatch(r"⏳ You are \*\*#1\*\* in line for /sentiment; it should start <t:\d+:R>\.",
                             waiting.content)
         click = await fake_discord.click_button(waiting, cancel_button(waiting), user_id=OTHER_USER_ID)
@@ -491,7 +492,7 @@ async def test_streaming_generation_cancel_button_belongs_to_the_requester(
 ):
     interaction = await fake_discord.invoke_slash("generate", {"prompt": "Once upon", "max_new_tokens": 200})
     streaming = await interaction.wait_final(15, until=lambda m: "writing…" in m.content)
-    assert streaming.content.startswith("**Once upon**") and streaming.components
+    assert streaming.content.startswith("**Once upon**") and has_cancel_button(streaming.components)
     button = cancel_button(streaming)
 
     stranger = await fake_discord.click_button(streaming, button, user_id=OTHER_USER_ID)

@@ -40,6 +40,7 @@ from bot.inference.tasks.sentiment import SentimentRequest
 from bot.settings import load_settings
 from tests.answers import difference, first_requests, run
 from tests.fake_discord import GUILD_ID, TOKEN, USER_ID
+from tests.test_code_button import press, script_of
 from tests.test_cogs import _every_sent_message_is_safe, slash  # noqa: F401
 
 ray = pytest.importorskip("ray")
@@ -297,6 +298,8 @@ async def test_the_bot_answers_and_describes_replicas_on_ray(cluster, fake_disco
     assert isinstance(discord_bot.executor, RayExecutor)
     reply = await slash(fake_discord, "sentiment", {"text": "I love this"})
     assert reply.embeds and "%" in reply.embeds[0]["title"]
+    source = script_of(await press(fake_discord, reply))  # the Code button (#14) on a reply from a replica
+    assert "AutoModelForSequenceClassification.from_pretrained(checkpoint)" in source  # float32, as the replicas run
     await discord_bot.executor.refresh()
     models = await (await fake_discord.invoke_slash("models")).wait_final(10)
     fields = {f["name"]: f["value"] for f in models.embeds[0]["fields"]}

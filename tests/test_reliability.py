@@ -44,6 +44,7 @@ from tests.fake_discord import (
     USER_ID,
     FakeDiscord,
     RequestRecord,
+    has_cancel_button,
 )
 
 # Fixtures of the end-to-end cog tests: the real bot on tiny models, and the autouse check that
@@ -90,12 +91,12 @@ def quick_retries(monkeypatch):
 def final_edit(record: RequestRecord) -> bool:
     """The edit that puts the result (or an error) in place: it removes the Cancel button."""
     return (record.method == "PATCH" and record.path.endswith("/messages/@original")
-            and (record.json or {}).get("components") == [])
+            and "components" in (record.json or {}) and not has_cancel_button(record.json["components"]))
 
 
 def progress_edit(record: RequestRecord) -> bool:
     return (record.method == "PATCH" and record.path.endswith("/messages/@original")
-            and bool((record.json or {}).get("components")))
+            and has_cancel_button((record.json or {}).get("components")))
 
 
 def followup(record: RequestRecord) -> bool:

@@ -194,6 +194,10 @@ class LocalBackend:
             return loaded.model.base_model
         return loaded.model
 
+    def precision(self, task: str) -> tuple[str, str]:
+        """(dtype, quantize) the task's model runs in, as /models shows them."""
+        return str(self.dtype).removeprefix("torch."), self.settings.quantize if self._quantized() else "none"
+
     def _quantized(self) -> bool:
         return self.settings.quantize == "int8" and self.device.type == "cpu"
 

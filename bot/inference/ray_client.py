@@ -88,6 +88,11 @@ class RayBackend:
             })
         return rows
 
+    def precision(self, task: str) -> tuple[str, str]:
+        """(dtype, quantize) of the task's replicas, from their last report (float32 until one reports)."""
+        models = [m for r in self.executor.replicas for m in r["models"] if m["task"] == task and m.get("dtype")]
+        return (models[0]["dtype"], models[0].get("quantize", "none")) if models else ("float32", "none")
+
     def set_checkpoint(self, task: str, checkpoint: str) -> None:
         """Redeploy the task's model group with the new checkpoint: Serve starts new replicas and
         retires the old ones as the new are ready (the old serve meanwhile). Blocking: the admin

@@ -18,6 +18,7 @@ import unicodedata
 from string import Template
 from typing import Any
 
+from bot.inference.tasks import TASKS
 from bot.inference.tasks.mask import normalize_masks
 from bot.inference.tasks.translate import NUM_BEAMS
 
@@ -30,15 +31,6 @@ WHY = {
     "ner": "AutoModelForTokenClassification: one label per token (B-/I- PER, ORG, LOC, MISC), grouped into names.",
     "sentiment": "AutoModelForSequenceClassification: one score per label for the whole text.",
     "embed": "AutoModel: the bare model's last hidden states, mean-pooled into one vector per text.",
-}
-AUTO_CLASS = {
-    "generate": "AutoModelForCausalLM",
-    "mask": "AutoModelForMaskedLM",
-    "translate": "AutoModelForSeq2SeqLM",
-    "ask": "AutoModelForQuestionAnswering",
-    "ner": "AutoModelForTokenClassification",
-    "sentiment": "AutoModelForSequenceClassification",
-    "embed": "AutoModel",
 }
 # The same characters clean_text drops (bot.inference.tasks.base), kept here without its limits:
 # a script is built for input the task already accepted.
@@ -105,7 +97,7 @@ def script(spec: ScriptSpec) -> str:
     """The runnable script for `spec`."""
     build = _BODIES[spec.task]
     inputs, body = build(spec)
-    auto = AUTO_CLASS[spec.task]
+    auto = TASKS[spec.task].auto_class_name
     dtype = f", dtype=torch.{spec.dtype}" if spec.dtype != "float32" else ""
     quantize = (
         "# The bot quantizes Linear layers to int8 (QUANTIZE=int8).\n"

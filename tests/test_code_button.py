@@ -23,6 +23,7 @@ import bot.code_store
 from bot.client import EXTENSIONS, AutoModelBot
 from bot.code_store import CodeStore
 from bot.inference.executor import Executor
+from bot.inference.tasks import TASKS
 from bot.reproduce import ScriptSpec
 from tests.fake_discord import (
     CHANNEL_ID,
@@ -53,15 +54,7 @@ from tests.test_cogs import (  # noqa: F401
     slash,
 )
 
-AUTO_CLASSES = {
-    "generate": "AutoModelForCausalLM",
-    "mask": "AutoModelForMaskedLM",
-    "translate": "AutoModelForSeq2SeqLM",
-    "ask": "AutoModelForQuestionAnswering",
-    "ner": "AutoModelForTokenClassification",
-    "sentiment": "AutoModelForSequenceClassification",
-    "embed": "AutoModel",
-}
+AUTO_CLASSES = {name: task.auto_class_name for name, task in TASKS.items()}
 MENU_TASKS = {"Sentiment": "sentiment", "Named entities": "ner", "Translate": "translate"}
 
 

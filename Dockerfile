@@ -13,16 +13,17 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY requirements-cpu.txt ./
+# constraints.txt pins every library: an image rebuilt later gets the same versions.
+COPY requirements-cpu.txt constraints.txt ./
 RUN case "$TORCH_BUILD" in \
-      cpu) pip install --index-url https://download.pytorch.org/whl/cpu -r requirements-cpu.txt ;; \
+      cpu) pip install --index-url https://download.pytorch.org/whl/cpu -c constraints.txt -r requirements-cpu.txt ;; \
       cuda) ;; \
       *) echo "TORCH_BUILD must be cpu or cuda, not '$TORCH_BUILD'" >&2; exit 1 ;; \
     esac
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY cogs ./cogs
-RUN pip install ".${EXTRAS}"
+RUN pip install -c constraints.txt ".${EXTRAS}"
 
 # --- runtime: the virtual environment, a non-root user, the /data volume ---------------------------
 FROM python:3.11-slim
@@ -34,7 +35,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/data \
     STATE_DIR=/data/state \
     METRICS_HOST=0.0.0.0 \
-    METRICS_PORT=9100
+    METRICS_PORT=9100 \
+    ON_CONFIG_ERROR=wait
 VOLUME /data
 USER bot
 WORKDIR /home/bot

@@ -35,25 +35,6 @@ WORDS = (
 ).split()
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tasks", default="sentiment,embed,ner,generate", help="comma-separated tasks")
-    parser.add_argument("--concurrency", default="1,8,32", help="closed-loop client counts")
-    parser.add_argument("--requests", type=int, default=64, help="requests per run (each side runs twice: A B B A)")
-    parser.add_argument("--rate", type=float, default=0.0, help="also run open-loop Poisson arrivals at this rate (req/s)")
-    parser.add_argument("--size", choices=("real", "tiny"), default="real", help="model sizes (real = bert-base etc.)")
-    parser.add_argument("--models-dir", type=Path, default=Path.home() / ".cache" / "automodel-bot" / "bench-models")
-    parser.add_argument("--quantize", action="store_true", help="also measure QUANTIZE=int8 against fp32 naive")
-    parser.add_argument("--generate-streams", default="1,8,16", help="concurrent /generate streams to compare")
-    parser.add_argument("--new-tokens", type=int, default=32, help="tokens per /generate request")
-    parser.add_argument("--continuous", action="store_true",
-                        help="also compare transformers' continuous batching with batched generate()")
-    parser.add_argument("--inference", choices=("local", "ray"), default="local",
-                        help="ray: the local executor against the same model on one Ray Serve replica (a local Ray "
-                             "on the same cores), per encoder task: throughput and per-request overhead")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, help="also write the markdown report here")
-
-
 @dataclasses.dataclass
 class Measurement:
     side: str

@@ -10,8 +10,11 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bot.inference.errors import BotError, ModelUnavailable
@@ -34,16 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("download", help="fetch every configured checkpoint into the Hugging Face cache")
 
-    attempt = sub.add_parser("try", help="run one request and print the result")
-    attempt.add_argument("task", choices=list(DEFAULT_CHECKPOINTS))
+    attempt = sub.add_parser("try", help="run one request and print the result",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    attempt.add_argument("task", choices=list(DEFAULT_CHECKPOINTS), help="the command to run, as in Discord")
     attempt.add_argument("text", help="the text (for ask: the question)")
     attempt.add_argument("second", nargs="?", help="ask: the context; embed: a second text to compare")
-    attempt.add_argument("--max-new-tokens", type=int, default=50)
-    attempt.add_argument("--temperature", type=float, default=0.8)
-    attempt.add_argument("--top-p", type=float, default=0.95)
-    attempt.add_argument("--seed", type=int)
-    attempt.add_argument("--greedy", action="store_true", help="generate: no sampling")
-    attempt.add_argument("--top-k", type=int, default=5)
+    attempt.add_argument("--max-new-tokens", type=int, default=50,
+                         help="generate: tokens to add (at most the MAX_NEW_TOKENS setting)")
+    attempt.add_argument("--temperature", type=float, default=0.8,
+                         help="generate: randomness, 0 (always the likeliest token) to 2")
+    attempt.add_argument("--top-p", type=float, default=0.95,
+                         help="generate: sample only from the likeliest tokens covering this probability (0.01 to 1)")
+    attempt.add_argument("--seed", type=int, help="generate: the same seed and options give the same text (default: random)")
+    attempt.add_argument("--greedy", action="store_true", help="generate: no sampling (the same as --temperature 0)")
+    attempt.add_argument("--top-k", type=int, default=5, help="mask: candidates per mask (at most the MAX_TOP_K setting)")
     attempt.add_argument("--json", action="store_true", help="print the result as JSON")
     attempt.add_argument("--code", action="store_true",
                          help="print the Python script that reproduces the result (what the Code button sends)")
@@ -52,14 +59,44 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for every replica to run")
 
     bench = sub.add_parser("bench", help="benchmark the executor against naive one-at-a-time inference")
-    from bot.bench import add_arguments
-
-    add_arguments(bench)
+    bench_arguments(bench)
     return parser
+
+
+def bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """`bench`'s options, here so that building the parser imports no torch (a fast --help)."""
+    parser.add_argument("--tasks", default="sentiment,embed,ner,generate", help="comma-separated tasks")
+    parser.add_argument("--concurrency", default="1,8,32", help="closed-loop client counts")
+    parser.add_argument("--requests", type=int, default=64, help="requests per run (each side runs twice: A B B A)")
+    parser.add_argument("--rate", type=float, default=0.0, help="also run open-loop Poisson arrivals at this rate (req/s)")
+    parser.add_argument("--size", choices=("real", "tiny"), default="real", help="model sizes (real = bert-base etc.)")
+    parser.add_argument("--models-dir", type=Path, default=Path.home() / ".cache" / "automodel-bot" / "bench-models")
+    parser.add_argument("--quantize", action="store_true", help="also measure QUANTIZE=int8 against fp32 naive")
+    parser.add_argument("--generate-streams", default="1,8,16", help="concurrent /generate streams to compare")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens per /generate request")
+    parser.add_argument("--continuous", action="store_true",
+                        help="also compare transformers' continuous batching with batched generate()")
+    parser.add_argument("--inference", choices=("local", "ray"), default="local",
+                        help="ray: the local executor against the same model on one Ray Serve replica (a local Ray "
+                             "on the same cores), per encoder task: throughput and per-request overhead")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, help="also write the markdown report here")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    code = _run_command(args)
+    if code == EXIT_USAGE and args.command == "run" and os.environ.get("ON_CONFIG_ERROR", "").strip() == "wait":
+        # In a container with `restart: unless-stopped`, exiting would only start the same mistake
+        # again, forever (the Docker image sets ON_CONFIG_ERROR=wait).
+        print("automodel-bot: stopped for good: restarting cannot fix a configuration error. Fix .env, then "
+              "recreate the container (docker compose up -d). Waiting for `docker stop` meanwhile.",
+              file=sys.stderr, flush=True)
+        wait_for_stop()
+    return code
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         from dotenv import find_dotenv, load_dotenv
 
@@ -76,9 +113,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelUnavailable as err:
         return _fail(err.detail, EXIT_UNAVAILABLE)
     except BotError as err:
-        return _fail(str(err), EXIT_USAGE)
+        return _fail(cli_words(str(err)), EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
+
+
+def wait_for_stop() -> None:
+    """Block until SIGTERM or SIGINT."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+
+
+# The tasks' messages name Discord's options; here they are flags, and some limits are settings.
+CLI_NAMES = {
+    "max_new_tokens": ("--max-new-tokens", "MAX_NEW_TOKENS"),
+    "top_k": ("--top-k", "MAX_TOP_K"),
+    "top_p": ("--top-p", None),
+    "temperature": ("--temperature", None),
+    "seed": ("--seed", None),
+}
+
+
+def cli_words(message: str) -> str:
+    for option, (flag, setting) in CLI_NAMES.items():
+        if f"`{option}`" in message or f"plus {option}" in message:
+            message = message.replace(f"`{option}`", f"`{flag}`").replace(f"plus {option}", f"plus {flag}")
+            if setting:
+                message += f" ({setting} sets the upper limit.)"
+    return message
+
+
+def as_json(result: Any) -> str:
+    """The result as indented JSON, with lists of numbers (embeddings) on one line each."""
+    text = json.dumps(dataclasses.asdict(result), ensure_ascii=False, indent=2)
+    numbers = re.compile(r"\[\s+(-?[\d.eE+-]+(?:,\s+-?[\d.eE+-]+)*)\s+\]")
+    return numbers.sub(lambda m: "[" + ", ".join(m.group(1).replace(",", " ").split()) + "]", text)
 
 
 def _fail(message: str, code: int) -> int:
@@ -87,6 +162,11 @@ def _fail(message: str, code: int) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.discord_token and interactive():
+        from dotenv import find_dotenv
+
+        token = ask_for_token(Path(find_dotenv(usecwd=True) or ".env"))
+        settings = dataclasses.replace(settings, discord_token=token) if token else settings
     if not settings.discord_token:
         return _fail(
             "DISCORD_TOKEN is not set. Copy .env.example to .env and set DISCORD_TOKEN=<your bot token> "
@@ -111,6 +191,32 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return _fail(str(err), 1)
     log.info("Stopped")
     return 0
+
+
+def interactive() -> bool:
+    """A person at a terminal (not CI, not a container's log)."""
+    return sys.stdin.isatty() and not os.environ.get("CI")
+
+
+def ask_for_token(env_file: Path) -> str | None:
+    """Ask for the bot token at the terminal and save it to `env_file` (readable by its owner only)."""
+    import getpass
+
+    from dotenv import set_key
+
+    print("DISCORD_TOKEN is not set. Paste your bot token (Developer Portal → your application → Bot → "
+          "Reset Token); it is saved to .env for the next start.", file=sys.stderr)
+    try:
+        token = getpass.getpass("Bot token (not shown): ").strip()
+    except (EOFError, KeyboardInterrupt):
+        return None
+    if not token or any(c.isspace() for c in token):
+        return None
+    env_file.touch(mode=0o600)
+    env_file.chmod(0o600)  # a token lets anyone act as the bot
+    set_key(str(env_file), "DISCORD_TOKEN", token)
+    print(f"Saved to {env_file.resolve()} (mode 600).", file=sys.stderr)
+    return token
 
 
 async def run_until_signal(bot: Any, token: str) -> None:
@@ -192,7 +298,7 @@ def cmd_try(args: argparse.Namespace, settings: Settings) -> int:
     if args.code:
         print(code, end="")
     else:
-        print(json.dumps(dataclasses.asdict(result), ensure_ascii=False, indent=2) if args.json else as_text(result))
+        print(as_json(result) if args.json else as_text(result))
     return 0
 
 

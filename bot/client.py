@@ -45,6 +45,11 @@ EXTENSIONS: tuple[str, ...] = (
 # discord.py runs each application command in a task of this name. At shutdown the bot waits (at
 # most REPLY_GRACE seconds) for them, so the last replies go out before the HTTP session closes.
 COMMAND_TASK = "CommandTree-invoker"
+# What the bot needs in a channel: reading it, and posting replies (embeds, attached files) there
+# and in threads. Slash commands and menus need the applications.commands scope, no permission.
+INVITE_PERMISSIONS = discord.Permissions(
+    view_channel=True, send_messages=True, send_messages_in_threads=True, embed_links=True, attach_files=True
+)
 IDENTIFY_SPACING = 5.5  # seconds: Discord's 5 s between IDENTIFYs of one bucket, and a margin
 REPLY_GRACE = 5.0
 
@@ -112,6 +117,7 @@ class AutoModelBot(commands.Bot):
         if not self.owner_id_set:
             self.owner_id_set = owners_of(await self.application_info())
             log.info("OWNER_IDS is empty: %d owner(s) from the application", len(self.owner_id_set))
+        log.info("Invite the bot to a server: %s", self.invite_url)
         if self.syncs_commands:
             await self.sync_commands()
         else:
@@ -120,6 +126,13 @@ class AutoModelBot(commands.Bot):
         if wait > 0:  # setup_hook runs before the gateway connection: stagger it here
             log.info("Shards %s: connecting in %.1fs, after the processes with lower shards", list(self.settings.shard_ids), wait)
             await asyncio.sleep(wait)
+
+    @property
+    def invite_url(self) -> str:
+        """The OAuth2 link that adds this application to a server, with the scopes and permissions it needs."""
+        return discord.utils.oauth_url(
+            self.application_id, permissions=INVITE_PERMISSIONS, scopes=("bot", "applications.commands")
+        )
 
     @property
     def syncs_commands(self) -> bool:

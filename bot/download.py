@@ -11,6 +11,8 @@ import re
 import sys
 from pathlib import Path
 
+from bot.inference import hub
+from bot.inference.hub import is_local
 from bot.settings import Settings
 
 EXIT_FAILED = 3  # the same code as a checkpoint that cannot be loaded (bot.cli.EXIT_UNAVAILABLE)
@@ -30,16 +32,10 @@ OTHER_FRAMEWORKS = [
 ]
 
 
-def looks_like_path(checkpoint: str) -> bool:
-    """A hub id is `name` or `org/name`; anything else (absolute, ./, ~, deeper) is a directory."""
-    return checkpoint.startswith(("/", ".", "~")) or checkpoint.count("/") > 1 or "\\" in checkpoint
-
-
 def shown_checkpoint(checkpoint: str, full: bool) -> str:
     """A checkpoint as a user may see it: a local checkpoint's full path only when `full` (owners);
     others see its folder name (the layout of the host's disk is nobody else's business)."""
-    local = looks_like_path(checkpoint) or Path(checkpoint).is_dir()  # "models/sst2" may be a folder too
-    if full or not local:
+    if full or not is_local(checkpoint):
         return checkpoint
     return re.split(r"[/\\]", checkpoint.rstrip("/\\"))[-1] or "(a local folder)"
 
@@ -54,51 +50,38 @@ def ignore_patterns(files: list[str]) -> list[str]:
 
 
 def download_all(settings: Settings) -> int:
-    from huggingface_hub import constants
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    offline = bool(constants.HF_HUB_OFFLINE)
+    # The hub unreachable (or HF_HUB_OFFLINE=1): report what the cache holds, at once, instead of
+    # retrying every file for a minute.
+    cache_only = hub.offline() or not hub.hub_reachable()
+    task_of: dict[str, str] = {}
+    for task, checkpoint in settings.checkpoints.items():
+        task_of.setdefault(checkpoint, task)  # each distinct checkpoint once
     failures = 0
-    for checkpoint in dict.fromkeys(settings.checkpoints.values()):  # each distinct checkpoint once
+    for checkpoint, task in task_of.items():
         if Path(checkpoint).expanduser().is_dir():
             print(f"{checkpoint}: local directory, nothing to download", flush=True)
             continue
-        if looks_like_path(checkpoint):
-            failures += 1
-            _report(checkpoint, "looks like a local path, but there is no such directory")
-            continue
-        if not offline:
+        if not cache_only and not hub.looks_like_path(checkpoint):
             print(f"{checkpoint}: downloading…", flush=True)
         try:
-            path = _fetch(checkpoint, offline)
+            if hub.looks_like_path(checkpoint):
+                raise FileNotFoundError(checkpoint)
+            path = _fetch(checkpoint, cache_only)
         except Exception as err:  # one line per checkpoint, whatever went wrong
             failures += 1
-            if offline and isinstance(err, LocalEntryNotFoundError):
-                reason = (
-                    f"not in the cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading"
-                )
-            else:
-                reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            _report(checkpoint, reason)
+            print(f"automodel-bot: {hub.explain(task, checkpoint, err)}", file=sys.stderr, flush=True)
             continue
-        print(f"{checkpoint}: ready in {path}" + (" (cached; offline)" if offline else ""), flush=True)
+        print(f"{checkpoint}: ready in {path}" + (" (from the cache)" if cache_only else ""), flush=True)
     if failures:
-        hint = (
-            "unset HF_HUB_OFFLINE where the hub is reachable" if offline else "check the network and the ids"
-        )
-        print(
-            f"automodel-bot: {failures} checkpoint(s) not downloaded; {hint}, or point MODEL_<TASK> at a "
-            "local directory.",
-            file=sys.stderr,
-        )
+        print(f"automodel-bot: {failures} of {len(task_of)} checkpoint(s) not ready (see above).", file=sys.stderr)
     return EXIT_FAILED if failures else 0
 
 
-def _fetch(checkpoint: str, offline: bool) -> str:
+def _fetch(checkpoint: str, cache_only: bool) -> str:
     from huggingface_hub import HfApi, snapshot_download
 
-    if offline:  # what is cached already, or LocalEntryNotFoundError
-        return snapshot_download(checkpoint, ignore_patterns=OTHER_FRAMEWORKS)
+    if cache_only:  # what is cached already, or LocalEntryNotFoundError
+        return snapshot_download(checkpoint, ignore_patterns=OTHER_FRAMEWORKS, local_files_only=True)
     files = HfApi().list_repo_files(checkpoint)
     return snapshot_download(checkpoint, ignore_patterns=ignore_patterns(files))
 

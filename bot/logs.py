@@ -62,6 +62,35 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+# Loggers whose warnings are chatter for this bot's operators: transformers' load reports and
+# generation-config notices, tokenizers' length notices (the bot says it better), the hub's retries
+# (the bot probes the hub itself and says what to do), Python warnings from the libraries.
+CHATTY_LOGGERS = ("transformers", "huggingface_hub", "tokenizers", "torch", "filelock", "urllib3", "httpx", "py.warnings")
+# discord.py's notices about voice, which this bot never uses (PyNaCl, davey).
+CHATTY_MESSAGES = re.compile(r"voice will NOT be supported|\bdavey\b", re.IGNORECASE)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class LibraryChatter(logging.Filter):
+    """Library chatter below ERROR is shown as DEBUG (so only with LOG_LEVEL=DEBUG), without the
+    terminal colour codes some of it carries. Errors always show: they are real problems."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR or record.levelno <= logging.DEBUG:
+            return record.levelno >= self.level
+        chatty = any(record.name == n or record.name.startswith(f"{n}.") for n in CHATTY_LOGGERS) or (
+            record.name.startswith("discord") and CHATTY_MESSAGES.search(record.getMessage()) is not None
+        )
+        if chatty:
+            record.msg, record.args = _ANSI.sub("", record.getMessage()), None
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return record.levelno >= self.level
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; a record's `fields` (the request log's) become top-level keys."""
 
@@ -87,10 +116,12 @@ def configure_logging(settings: Settings) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     # On the handler, so records from every logger (discord.py's included) pass through it.
+    handler.addFilter(LibraryChatter(logging.getLevelName(settings.log_level)))
     handler.addFilter(RedactSecrets([settings.discord_token or "", settings.log_user_salt]))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    logging.captureWarnings(True)  # Python warnings become records of "py.warnings": chatter above
     for name, module in OWN_HANDLERS.items():
         # Their lines would skip the redaction and the JSON format (hub's would print twice): send
         # them through the root handler. Each sets its handler up once, on import; their own
@@ -102,6 +133,12 @@ def configure_logging(settings: Settings) -> None:
         library = logging.getLogger(name)
         library.handlers.clear()
         library.propagate = True
+    try:  # transformers' own progress bars ("Loading weights") write to the terminal directly
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def hash_user(user_id: int, salt: str) -> str:

@@ -79,7 +79,8 @@ def text_ner(r: NerResult) -> str:
     if not r.entities:
         return f"{r.text}\n\nNo entities found."
     marked = mark_spans(r.text, [(e.start, e.end, f"({e.label})") for e in r.entities])
-    legend = [f"  {e.label:<5} {e.word}  {percent(e.score)}" for e in r.entities]
+    width = max(len(e.word) for e in r.entities)
+    legend = [f"  {e.label:<5} {e.word:<{width}}  {percent(e.score)}" for e in r.entities]
     return "\n".join([marked, "", *legend])
 
 

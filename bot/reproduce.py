@@ -241,8 +241,9 @@ else:
         cursor = end
     print(marked + text[cursor:])
     print()
+    width = max(end - start for _, _, start, end in entities)
     for kind, kind_scores, start, end in entities:
-        print(f"  {kind:<5} {text[start:end]}  {sum(kind_scores) / len(kind_scores) * 100:5.1f}%")
+        print(f"  {kind:<5} {text[start:end]:<{width}}  {sum(kind_scores) / len(kind_scores) * 100:5.1f}%")
 """
 
 

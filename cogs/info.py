@@ -104,6 +104,8 @@ class Info(commands.Cog):
                 value=f"{task.summary}\n`{task.auto_class_name}` · `{self.shown(backend.checkpoints[name], interaction)[:150]}`",
                 inline=False,
             )
+        if interaction.user.id in self.bot.owner_id_set:
+            embed.add_field(name="Invite link (shown to owners only)", value=self.bot.invite_url, inline=False)
         embed.set_footer(text="/models: where each model runs · /status: how busy the bot is")
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_PINGS)
 

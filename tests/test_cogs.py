@@ -71,9 +71,9 @@ def env_overrides() -> dict[str, str]:
 
 
 @pytest.fixture
-def bot_settings(tiny_env, tiny_checkpoints, tmp_path, env_overrides):
+def bot_settings(tiny_env, tiny_checkpoints, peaked_checkpoints, tmp_path, env_overrides):
     base = {
-        "ADMIN_CHECKPOINTS": str(tiny_checkpoints["ner"]),
+        "ADMIN_CHECKPOINTS": f"{tiny_checkpoints['ner']},{peaked_checkpoints['sentiment']}",
         "DISCORD_TOKEN": TOKEN,
         "DISCORD_GUILD_ID": str(GUILD_ID),
         "STATE_DIR": str(tmp_path / "state"),
@@ -627,15 +627,20 @@ async def test_admin_reload_refuses_near_misses_of_an_allow_listed_checkpoint(
     assert before["sentiment"] == str(tiny_checkpoints["sentiment"])
 
 
-async def test_admin_reload_switches_to_an_allow_listed_checkpoint(fake_discord, discord_bot, tiny_checkpoints):
-    ner_checkpoint = str(tiny_checkpoints["ner"])  # in ADMIN_CHECKPOINTS (see bot_settings)
-    interaction = await fake_discord.invoke_slash("admin reload", {"task": "sentiment", "checkpoint": ner_checkpoint})
-    reply = await final(interaction)
-    assert reply.ephemeral and reply.content == f"✅ /sentiment now uses `{ner_checkpoint}`."
-    # The NER checkpoint's nine labels, each with its bar.
-    rows = (await slash(fake_discord, "sentiment", {"text": "hello"})).embeds[0]["description"].strip("`\n")
-    assert [row.split()[0] for row in rows.splitlines()] == ["O", "B-MISC", "I-MISC", "B-PER", "I-PER", "B-ORG",
-                                                             "I-ORG", "B-LOC", "I-LOC"]
+async def test_admin_reload_switches_to_an_allow_listed_checkpoint(
+    fake_discord, discord_bot, tiny_checkpoints, peaked_checkpoints
+):
+    before = (await slash(fake_discord, "sentiment", {"text": "hello"})).embeds[0]["description"]
+    # In ADMIN_CHECKPOINTS (see bot_settings), but a token-classification model: no head for /sentiment.
+    wrong = str(tiny_checkpoints["ner"])
+    refusal = await final(await fake_discord.invoke_slash("admin reload", {"task": "sentiment", "checkpoint": wrong}))
+    assert refusal.ephemeral and "/sentiment" in refusal.content and "now uses" not in refusal.content
+    other = str(peaked_checkpoints["sentiment"])
+    reply = await final(await fake_discord.invoke_slash("admin reload", {"task": "sentiment", "checkpoint": other}))
+    assert reply.ephemeral and reply.content == f"✅ /sentiment now uses `{other}`."
+    after = (await slash(fake_discord, "sentiment", {"text": "hello"})).embeds[0]["description"]
+    assert after != before  # another model's probabilities, for the same two labels
+    assert [row.split()[0] for row in after.strip("`\n").splitlines()] == ["NEGATIVE", "POSITIVE"]
 
 
 # -- command sync ----------------------------------------------------------------------------------

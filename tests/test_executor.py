@@ -370,14 +370,17 @@ async def test_refused_requests_are_counted_by_reason(tiny_settings, real_backen
         await executor.shutdown()
 
 
-def test_a_failed_checkpoint_swap_leaves_the_task_as_it_was(tiny_settings, tiny_checkpoints):
+def test_a_failed_checkpoint_swap_leaves_the_task_as_it_was(tiny_settings, tiny_checkpoints, peaked_checkpoints):
     backend = LocalBackend(tiny_settings)
     before = backend.checkpoints["sentiment"]
     with pytest.raises(ModelUnavailable):
         backend.set_checkpoint("sentiment", "/nonexistent/checkpoint")
+    with pytest.raises(ModelUnavailable) as refused:
+        backend.set_checkpoint("sentiment", str(tiny_checkpoints["ask"]))  # no classification head
+    assert "is a DistilBertForQuestionAnswering checkpoint" in refused.value.detail
     assert backend.checkpoints["sentiment"] == before
-    backend.set_checkpoint("sentiment", str(tiny_checkpoints["ask"]))  # loads first, then switches
-    assert backend.checkpoints["sentiment"] == str(tiny_checkpoints["ask"]) and backend.is_loaded("sentiment")
+    backend.set_checkpoint("sentiment", str(peaked_checkpoints["sentiment"]))  # loads first, then switches
+    assert backend.checkpoints["sentiment"] == str(peaked_checkpoints["sentiment"]) and backend.is_loaded("sentiment")
 
 
 def test_torch_threads_setting_limits_torch(tiny_settings):

@@ -188,7 +188,7 @@ def test_a_secret_on_the_stack_is_redacted(captured_logs):
 # -- trust_remote_code=False, explicitly, at every from_pretrained ------------------------------------
 
 
-def test_every_from_pretrained_is_passed_trust_remote_code_false(tiny_settings, tiny_checkpoints, monkeypatch):
+def test_every_from_pretrained_is_passed_trust_remote_code_false(tiny_settings, peaked_checkpoints, monkeypatch):
     """Spies on transformers itself: a missing argument would be None there, which makes 5.x ask on
     stdin; only an explicit False is accepted. Covers first loads of all seven tasks and a reload."""
     calls: list[tuple[str, object, dict]] = []
@@ -205,7 +205,7 @@ def test_every_from_pretrained_is_passed_trust_remote_code_false(tiny_settings, 
     backend = LocalBackend(tiny_settings)
     for task in TASKS:
         backend.warm_up(task)
-    backend.set_checkpoint("sentiment", str(tiny_checkpoints["ask"]))  # a reload: tokenizer, config, model
+    backend.set_checkpoint("sentiment", str(peaked_checkpoints["sentiment"]))  # a reload: tokenizer, config, model
     assert {name for name, _, _ in calls} == classes - {"AutoModel"}  # /embed rides on /mask's model
     assert len(calls) >= 2 * 6 + 6 + 3
     for name, checkpoint, kwargs in calls:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bot.inference import loading
+from bot.inference import hub, loading
 from bot.inference.device import device_memory, resolve_device, resolve_dtype
 from bot.inference.errors import ModelUnavailable
 from bot.inference.tasks import TASKS, BatchContext, ModelInfo, Prepared
@@ -51,6 +51,7 @@ class LocalBackend:
         self._models: dict[tuple[str, str], LoadedModel] = {}
         self._lock = threading.RLock()
         self._load_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._fits: set[tuple[str, str]] = set()  # (task, checkpoint) whose head was checked
 
     @property
     def on_gpu(self) -> bool:
@@ -83,6 +84,7 @@ class LocalBackend:
 
     def tokenizer(self, task: str, checkpoint: str | None = None) -> tuple[Any, ModelInfo]:
         checkpoint = checkpoint or self.checkpoints[task]
+        self._check_kind(task, checkpoint)
         with self._lock:
             if checkpoint in self._tokenizers:
                 return self._tokenizers[checkpoint], self._infos[checkpoint]
@@ -100,6 +102,20 @@ class LocalBackend:
             with self._lock:
                 self._tokenizers[checkpoint], self._infos[checkpoint] = tokenizer, info
         return tokenizer, info
+
+    def _check_kind(self, task: str, checkpoint: str) -> None:
+        """Refuse a checkpoint without the task's head (a GPT-2 as /sentiment would answer with a
+        random head), once per task and checkpoint, before its tokenizer or weights load."""
+        with self._lock:
+            if (task, checkpoint) in self._fits:
+                return
+        from transformers import AutoConfig
+
+        wrong_kind = hub.check_head(task, checkpoint, _load(task, checkpoint, AutoConfig.from_pretrained))
+        if wrong_kind:
+            raise ModelUnavailable(f"The /{task} model is unavailable right now.", detail=wrong_kind)
+        with self._lock:
+            self._fits.add((task, checkpoint))
 
     def acquire(self, task: str, checkpoint: str | None = None) -> LoadedModel:
         """The loaded model for a task (loading it on first use); pair with release()."""
@@ -237,19 +253,15 @@ class LocalBackend:
 
 
 def _load(task: str, checkpoint: str, loader, **options):
-    """A from_pretrained, serialized with every other load (bot.inference.loading); any failure becomes
-    ModelUnavailable with a one-line remedy."""
+    """A from_pretrained, serialized with every other load (bot.inference.loading), from the cache
+    only when the hub cannot be reached; any failure becomes ModelUnavailable with a one-line remedy
+    (bot.inference.hub)."""
     try:
-        return loading.load_pretrained(loader, checkpoint, **options)
+        return loading.load_pretrained(loader, checkpoint, **hub.load_options(checkpoint), **options)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelUnavailable(
             f"The /{task} model is unavailable right now.",
-            detail=(
-                f"Could not load checkpoint {checkpoint!r} for {task}: {reason[:300]}. "
-                f"Without internet access, set MODEL_{task.upper()} to a local directory "
-                "(or run `automodel-bot download` where the Hugging Face hub is reachable)."
-            ),
+            detail=hub.explain(task, checkpoint, err),
         ) from err
 
 

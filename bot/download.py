@@ -11,42 +11,20 @@ import re
 import sys
 from pathlib import Path
 
-from bot.inference import hub
+from bot.inference import fetch, hub
+from bot.inference.fetch import OTHER_FRAMEWORKS
 from bot.inference.hub import is_local
 from bot.settings import Settings
 
 EXIT_FAILED = 3  # the same code as a checkpoint that cannot be loaded (bot.cli.EXIT_UNAVAILABLE)
 
 # Weights for other frameworks: large, and never read by this bot.
-OTHER_FRAMEWORKS = [
-    "*.h5",
-    "*.msgpack",
-    "*.ot",
-    "*.onnx",
-    "*.onnx_data",
-    "*.tflite",
-    "*.mlmodel",
-    "onnx/*",
-    "coreml/*",
-    "openvino/*",
-]
-
-
 def shown_checkpoint(checkpoint: str, full: bool) -> str:
     """A checkpoint as a user may see it: a local checkpoint's full path only when `full` (owners);
     others see its folder name (the layout of the host's disk is nobody else's business)."""
     if full or not is_local(checkpoint):
         return checkpoint
     return re.split(r"[/\\]", checkpoint.rstrip("/\\"))[-1] or "(a local folder)"
-
-
-def ignore_patterns(files: list[str]) -> list[str]:
-    """What not to fetch: other frameworks' weights, and PyTorch .bin weights when the repo also has
-    safetensors (transformers loads those; many older repos carry both, doubling the download)."""
-    patterns = list(OTHER_FRAMEWORKS)
-    if any(name.endswith(".safetensors") for name in files):
-        patterns.append("*.bin")
-    return patterns
 
 
 def download_all(settings: Settings) -> int:
@@ -78,12 +56,19 @@ def download_all(settings: Settings) -> int:
 
 
 def _fetch(checkpoint: str, cache_only: bool) -> str:
-    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub import snapshot_download
 
     if cache_only:  # what is cached already, or LocalEntryNotFoundError
         return snapshot_download(checkpoint, ignore_patterns=OTHER_FRAMEWORKS, local_files_only=True)
-    files = HfApi().list_repo_files(checkpoint)
-    return snapshot_download(checkpoint, ignore_patterns=ignore_patterns(files))
+    shown = -1
+
+    def progress(done: int, total: int) -> None:  # a line per tenth: readable in a log, too
+        nonlocal shown
+        if total and 10 * done // total > shown:
+            shown = 10 * done // total
+            print(hub.download_text(checkpoint, done, total), flush=True)
+
+    return fetch.fetch(checkpoint, progress)
 
 
 def _report(checkpoint: str, reason: str) -> None:

@@ -65,7 +65,9 @@ class RedactSecrets(logging.Filter):
 # Loggers whose warnings are chatter for this bot's operators: transformers' load reports and
 # generation-config notices, tokenizers' length notices (the bot says it better), the hub's retries
 # (the bot probes the hub itself and says what to do), Python warnings from the libraries.
-CHATTY_LOGGERS = ("transformers", "huggingface_hub", "tokenizers", "torch", "filelock", "urllib3", "httpx", "py.warnings")
+CHATTY_LOGGERS = (
+    "transformers", "huggingface_hub", "tokenizers", "torch", "filelock", "urllib3", "httpx", "httpx2", "py.warnings",
+)
 # discord.py's notices about voice, which this bot never uses (PyNaCl, davey).
 CHATTY_MESSAGES = re.compile(r"voice will NOT be supported|\bdavey\b", re.IGNORECASE)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -21,6 +21,7 @@ from discord.ext import commands
 
 from bot.code_button import code_view
 from bot.inference.errors import Cancelled, RateLimited
+from bot.inference.hub import download_text
 from bot.inference.tasks.generate import GenerateResult
 from bot.render import Reply, as_reply, prepend, reply_generate
 from bot.tree import NO_PINGS, check_declared_options
@@ -117,6 +118,7 @@ class TaskCog(commands.Cog):
         done, _ = await asyncio.wait({enqueue}, timeout=ENQUEUE_GRACE)
         if not done:  # slow validation (a first tokenizer load): keep the interaction alive
             await interaction.response.defer(thinking=True)
+            await self._show_download(interaction, task, enqueue)
         job = await enqueue  # InputError, QueueFull, … go to the tree's error handler
         if not interaction.response.is_done():
             try:
@@ -140,6 +142,21 @@ class TaskCog(commands.Cog):
             bot.executor.cancel(job.id)
             raise
         await deliver(interaction, as_reply(result), task, await code_view(bot, task, request, result))
+
+    async def _show_download(self, interaction: discord.Interaction, task: str, enqueue: asyncio.Future) -> None:
+        """While the request waits for its checkpoint to download (first use), show how far it got."""
+        shown: str | None = None
+        while not enqueue.done():
+            await asyncio.wait({enqueue}, timeout=UPDATE_EVERY)
+            progress = getattr(self.bot.executor, "download_progress", lambda task: None)(task)
+            text = download_text(*progress) if progress else None
+            if enqueue.done() or text is None or text == shown or not self.bot.edit_budget.try_acquire():
+                continue
+            shown = text
+            try:
+                await interaction.edit_original_response(content=text, allowed_mentions=NO_PINGS)
+            except discord.HTTPException as err:
+                log.info("Download progress edit failed (%s); the final reply will still be sent", err)
 
     async def _wait(self, interaction: discord.Interaction, job: Job) -> Any:
         """Wait for the job, keeping the reply current: place in line, or streamed text."""

@@ -144,7 +144,7 @@ def test_download_offline_reports_one_line_per_checkpoint(monkeypatch, tiny_env,
 
 
 def test_download_skips_pytorch_bin_weights_when_safetensors_exist():
-    from bot.download import ignore_patterns
+    from bot.inference.fetch import ignore_patterns
     from bot.inference.hub import looks_like_path
 
     assert "*.bin" in ignore_patterns(["config.json", "model.safetensors", "pytorch_model.bin"])

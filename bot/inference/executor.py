@@ -305,6 +305,10 @@ class Executor(JobTable):
         if removed:
             self._finish(job, error=Cancelled())
 
+    def download_progress(self, task: str) -> tuple[str, int, int] | None:
+        """(checkpoint, bytes done, total) while the task's checkpoint downloads (first use), else None."""
+        return self.backend.download_progress(task) if hasattr(self.backend, "download_progress") else None
+
     def position(self, job: Job) -> tuple[int, float]:
         """(place in line, seconds until it likely starts); (0, 0.0) once running or done."""
         lane = self.lanes[job.task]

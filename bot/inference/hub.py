@@ -111,6 +111,14 @@ def check_head(task: str, checkpoint: str, config: Any) -> str | None:
     )
 
 
+def download_text(checkpoint: str, done: int, total: int) -> str:
+    """ "⏬ Downloading gpt2: 42 % of 548 MB" (for the reply, the log and `download`)."""
+    if not total:
+        return f"⏬ Downloading {checkpoint}…"
+    size = f"{total / 1e9:.1f} GB" if total >= 1e9 else f"{max(1, round(total / 1e6))} MB"
+    return f"⏬ Downloading {checkpoint}: {min(100, 100 * done // total)} % of {size}"
+
+
 def setting(task: str) -> str:
     return f"MODEL_{task.upper()}"
 

@@ -116,6 +116,10 @@ def _run_command(args: argparse.Namespace) -> int:
         return _fail(cli_words(str(err)), EXIT_USAGE)
     except KeyboardInterrupt:
         return 130
+    except Exception as err:  # the CLI promises one line, never a traceback (that goes to DEBUG)
+        log.debug("Unexpected error in `%s`", args.command, exc_info=True)
+        reason = (str(err).strip().splitlines() or [""])[0][:300]
+        return _fail(f"unexpected {type(err).__name__}: {reason} (LOG_LEVEL=DEBUG logs the traceback)", 1)
 
 
 def wait_for_stop() -> None:

@@ -7,16 +7,32 @@ either forbidden (HF_HUB_OFFLINE=1) or unreachable (HF_ENDPOINT at a closed loop
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
+import discord
 import pytest
 
+from bot.inference.tasks.ner import Entity, NerResult
 from bot.logs import LibraryChatter
+from bot.render import as_text
+from tests.fake_discord import APP_ID, OTHER_USER_ID, USER_ID
+from tests.test_cogs import (  # noqa: F401  the real bot on tiny models, for /help
+    _every_sent_message_is_safe,
+    backend,
+    bot_executor,
+    bot_extensions,
+    bot_settings,
+    env_overrides,
+    shared_backend,
+)
+from tests.test_settings_cli import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -179,3 +195,83 @@ def test_a_configuration_error_in_a_container_waits_instead_of_restart_looping(t
     # Without the setting (a terminal, a script, CI) the same error exits at once with code 2.
     plain = cli({"ON_CONFIG_ERROR": ""}, "run", cwd=tmp_path)
     assert plain.returncode == 2 and "stopped for good" not in plain.stderr
+
+
+# -- getting the bot into a server ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def info_logs(caplog):
+    caplog.set_level(logging.INFO, logger="bot.client")
+    return caplog
+
+
+async def test_the_invite_link_is_logged_and_shown_to_owners_in_help(info_logs, fake_discord, discord_bot):
+    [line] = [r.getMessage() for r in info_logs.get_records("setup") if "Invite the bot" in r.getMessage()]
+    url = line.removeprefix("Invite the bot to a server: ")
+    query = parse_qs(urlsplit(url).query)
+    assert url.startswith("https://discord.com/oauth2/authorize?") and query["client_id"] == [str(APP_ID)]
+    assert query["scope"] == ["bot applications.commands"]
+    granted = discord.Permissions(int(query["permissions"][0]))
+    assert granted == discord.Permissions(
+        view_channel=True, send_messages=True, send_messages_in_threads=True, embed_links=True, attach_files=True)
+    owner = await (await fake_discord.invoke_slash("help", user_id=USER_ID)).wait_final()
+    fields = {f["name"]: f["value"] for f in owner.embeds[0]["fields"]}
+    assert fields["Invite link (shown to owners only)"] == url
+    other = await (await fake_discord.invoke_slash("help", user_id=OTHER_USER_ID)).wait_final()
+    assert not any("Invite" in f["name"] for f in other.embeds[0]["fields"])
+
+
+# -- the command line ------------------------------------------------------------------------------------
+
+
+def test_help_is_quick_to_build_and_python_m_bot_is_the_cli(tmp_path):
+    probe = "import sys, bot.cli; bot.cli.build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr  # torch takes seconds to import; --help needs none of it
+    env = {k: v for k, v in os.environ.items()} | {"PYTHONPATH": str(ROOT)}
+    module = subprocess.run([sys.executable, "-m", "bot", "try", "--help"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert module.returncode == 0 and module.stdout.startswith("usage: automodel-bot try")
+    assert "generate: tokens to add (at most the MAX_NEW_TOKENS setting) (default: 50)" in " ".join(module.stdout.split())
+    assert "mask: candidates per mask (at most the MAX_TOP_K setting) (default: 5)" in " ".join(module.stdout.split())
+
+
+def test_try_names_the_flag_and_the_setting_that_bounds_it(monkeypatch, tiny_env, capsys):
+    assert run_cli(monkeypatch, tiny_env, "try", "generate", "hi", "--max-new-tokens", "5000") == 2
+    assert capsys.readouterr().err.strip() == (
+        "automodel-bot: `--max-new-tokens` must be between 1 and 200 (got 5000). (MAX_NEW_TOKENS sets the upper limit.)")
+    assert run_cli(monkeypatch, tiny_env, "try", "mask", "a [MASK]", "--top-k", "0") == 2
+    assert "`--top-k` must be between 1 and 10 (got 0)" in capsys.readouterr().err
+
+
+def test_ner_legend_is_aligned_and_json_vectors_are_one_line(monkeypatch, tiny_env, capsys):
+    result = NerResult("Alice met Bartholomew", [Entity("Alice", "PER", 0.9, 0, 5), Entity("Bartholomew", "PER", 0.8, 10, 21)])
+    legend = as_text(result).splitlines()[2:]
+    assert legend == ["  PER   Alice         90.0%", "  PER   Bartholomew   80.0%"]  # the scores in one column
+    assert run_cli(monkeypatch, tiny_env, "try", "embed", "a cat", "--json") == 0
+    out = capsys.readouterr().out
+    [vector_line] = [line for line in out.splitlines() if line.strip().startswith('"vector"')]
+    assert len(json.loads(out)["vector"]) == 64 and vector_line.count(",") == 64  # 63 between numbers, 1 after
+
+
+def test_an_unexpected_error_is_one_line_not_a_traceback(monkeypatch, tiny_env, capsys):
+    from bot import cli
+
+    def broken(args, settings):  # a fault no input of ours causes: a bug in a command
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setitem(cli.COMMANDS, "models", broken)
+    assert run_cli(monkeypatch, tiny_env, "models") == 1
+    assert capsys.readouterr().err.strip() == (
+        "automodel-bot: unexpected RuntimeError: disk on fire (LOG_LEVEL=DEBUG logs the traceback)")
+
+
+def test_what_the_image_and_scripts_install_is_pinned_and_the_package_keeps_ranges():
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert {"torch", "transformers", "discord.py", "huggingface_hub", "tokenizers", "python-dotenv"} <= set(pins)
+    assert "-c constraints.txt" in (ROOT / "scripts/install.sh").read_text()
+    assert (ROOT / "Dockerfile").read_text().count("-c constraints.txt") == 2  # torch, then the package
+    dependencies = (ROOT / "pyproject.toml").read_text().split("dependencies = [", 1)[1].split("]", 1)[0]
+    assert "==" not in dependencies and ">=" in dependencies

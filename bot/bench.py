@@ -283,10 +283,46 @@ async def bench_encoder(task, checkpoint, settings, args, rng, peak, quantize=Fa
     if args.rate:
         rows[-1] = rows[-1].replace(f"| {label} | 0 |", f"| {label} | Poisson {args.rate:g}/s |")
     extra = {"mean_batch": snapshot["mean_batch_size"]}
+    if getattr(args, "peers", False) and not quantize and task in PIPELINES:
+        rates = await asyncio.to_thread(pipeline_rates, task, naive, requests)
+        best = max(rates, key=rates.get)
+        naive_one, ours_most = pairs[0][0], pairs[-1][1]  # naive at 1 client; the executor at the most clients
+        extra["peers"] = (
+            f"| {task} | {naive_one.rps:.1f} | " + " | ".join(f"{rates[size]:.1f}" for size in PIPELINE_BATCH_SIZES)
+            + f" | {best} | {rates[best] / naive_one.rps:.2f}× | {ours_most.rps:.1f} ({ours_most.concurrency} clients) | "
+            f"**{ours_most.rps / rates[best]:.2f}×** |"
+        )
     if quantize:
         extra["agreement"] = await asyncio.to_thread(int8_agreement, task, checkpoint, requests[:64])
     del naive
     return rows, extra
+
+
+# What a user would pick instead of this bot: transformers' own pipeline for the task (#12).
+PIPELINES = {"sentiment": "text-classification", "ner": "token-classification", "mask": "fill-mask",
+             "embed": "feature-extraction"}
+PIPELINE_BATCH_SIZES = (1, 8, 32)
+
+
+def pipeline_rates(task: str, naive: Naive, requests: list) -> dict[int, float]:
+    """Requests/s of transformers' pipeline over the same list of requests, per batch_size (the
+    pipeline pads each batch to its longest text), on the naive side's model and tokenizer. Each
+    batch size runs twice (first and last) so a drift in machine speed weighs on all alike."""
+    from transformers import pipeline
+
+    options = {"aggregation_strategy": "simple"} if task == "ner" else {}
+    pipe = pipeline(PIPELINES[task], model=naive.model, tokenizer=naive.tokenizer, device="cpu", **options)
+    inputs = [r.text for r in requests]
+    seconds = dict.fromkeys(PIPELINE_BATCH_SIZES, 0.0)
+    order = [*PIPELINE_BATCH_SIZES, *reversed(PIPELINE_BATCH_SIZES)]
+    pipe(inputs[:2], batch_size=2)  # warm-up
+    for batch_size in order:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            for _ in pipe(inputs, batch_size=batch_size):
+                pass
+            seconds[batch_size] += time.perf_counter() - start
+    return {size: 2 * len(inputs) / spent for size, spent in seconds.items()}
 
 
 def int8_agreement(task: str, checkpoint: Path, requests: list) -> str:
@@ -468,15 +504,23 @@ async def bench(args: argparse.Namespace, settings: Settings) -> str:
                              f"p99 {extra['ping_p99']:.1f} ms")
         lines += ["", *notes, f"- total bench time {time.perf_counter() - started:.0f} s"]
         return "\n".join(lines)
+    peers = []
     for task in tasks:
         if task in ENCODER_TASKS:
             rows, extra = await bench_encoder(task, checkpoints[task], settings, args, rng, peak)
             lines += rows
             notes.append(f"- {task}: mean executor batch {extra['mean_batch']:.1f} requests")
+            if "peers" in extra:
+                peers.append(extra["peers"])
             if args.quantize:
                 rows, extra = await bench_encoder(task, checkpoints[task], settings, args, rng, peak, quantize=True)
                 lines += rows
                 notes.append(f"- {task} int8 vs fp32: {extra['agreement']}")
+    if peers:
+        sizes = " | ".join(f"pipeline batch_size {size} req/s" for size in PIPELINE_BATCH_SIZES)
+        lines += ["", f"| task | naive req/s (1 client) | {sizes} | best batch_size | best pipeline / naive | "
+                      "executor req/s | executor / best pipeline |",
+                  "|---|---|" + "---|" * len(PIPELINE_BATCH_SIZES) + "---|---|---|---|", *peers]
     if "generate" in tasks:
         lines += ["", "| /generate | concurrent streams | aggregate tokens/s | vs one naive stream | p50 latency | max loop lag ms |",
                   "|---|---|---|---|---|---|"]

@@ -79,6 +79,8 @@ def bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inference", choices=("local", "ray"), default="local",
                         help="ray: the local executor against the same model on one Ray Serve replica (a local Ray "
                              "on the same cores), per encoder task: throughput and per-request overhead")
+    parser.add_argument("--peers", action="store_true",
+                        help="also time transformers' own pipeline on the same requests (batch_size 1, 8, 32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, help="also write the markdown report here")
 

@@ -131,3 +131,16 @@ def test_invalid_setting_stops_start_with_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "automodel-bot: DEVICE='gpu-please' is invalid: expected one of auto | cpu | cuda | cuda:N | mps"
     ]
+
+
+def test_bench_runs_end_to_end_with_the_pipeline_peers(monkeypatch, tiny_env, capsys):
+    """A smoke test of `bench` on the tiny models (speed is measured by hand, never asserted)."""
+    from tests.conftest import CACHE
+
+    argv = ["bench", "--size", "tiny", "--models-dir", str(CACHE), "--tasks", "sentiment", "--concurrency", "1,2",
+            "--requests", "4", "--peers"]
+    assert run_cli(monkeypatch, tiny_env, *argv) == 0
+    out = capsys.readouterr().out
+    assert "| sentiment | 1 |" in out and "| sentiment | 2 |" in out
+    [peers] = [line for line in out.splitlines() if line.startswith("| sentiment | ") and "clients) |" in line]
+    assert peers.count("|") == 10 and "(2 clients)" in peers

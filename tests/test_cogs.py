@@ -180,10 +180,12 @@ async def final(interaction: FakeInteraction, timeout: float = 30) -> FakeMessag
     return reply
 
 
-async def slash(fake: FakeDiscord, name: str, options: dict | None = None, user_id: int = USER_ID) -> FakeMessage:
+async def slash(
+    fake: FakeDiscord, name: str, options: dict | None = None, user_id: int = USER_ID, timeout: float = 30
+) -> FakeMessage:
     """Run a task command and return its final reply: deferred, then edited, public."""
     interaction = await fake.invoke_slash(name, options, user_id=user_id)
-    reply = await final(interaction)
+    reply = await final(interaction, timeout)
     assert interaction.callback_type == DEFERRED_CHANNEL_MESSAGE and not reply.ephemeral, reply.content
     return reply
 
@@ -398,7 +400,9 @@ def test_huge_results_fit_discord_and_cut_text_is_attached(task):
 
 
 async def test_long_translation_is_cut_in_the_embed_and_attached_in_full(fake_discord, discord_bot):
-    reply = await slash(fake_discord, "translate", {"text": LONG_TEXT[:4000]})  # 14 pieces of 128 tokens
+    # 14 pieces of 128 tokens in beam search: seconds on a quiet machine, minutes on a busy one (a CI
+    # run beside other work took over 30 s), so this wait is generous; it bounds, it does not measure.
+    reply = await slash(fake_discord, "translate", {"text": LONG_TEXT[:4000]}, timeout=180)
     [embed] = reply.embeds
     assert embed["description"].endswith(render.CUT_NOTE) and embed["footer"]["text"].startswith("long text")
     [file] = reply.files

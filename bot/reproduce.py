@@ -13,12 +13,11 @@ break out of, and that cannot close the Discord code block it is shown in.
 from __future__ import annotations
 
 import dataclasses
-import re
-import unicodedata
 from string import Template
 from typing import Any
 
 from bot.inference.tasks import TASKS
+from bot.inference.tasks.base import normalize_text
 from bot.inference.tasks.mask import normalize_masks
 from bot.inference.tasks.translate import NUM_BEAMS
 
@@ -32,9 +31,6 @@ WHY = {
     "sentiment": "AutoModelForSequenceClassification: one score per label for the whole text.",
     "embed": "AutoModel: the bare model's last hidden states, mean-pooled into one vector per text.",
 }
-# The same characters clean_text drops (bot.inference.tasks.base), kept here without its limits:
-# a script is built for input the task already accepted.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ud800-\udfff]")
 WRAP = 72  # longer texts become one literal per line, joined by Python's implicit concatenation
 
 
@@ -88,11 +84,6 @@ def wrapped(text: str, indent: str = "    ") -> str:
     return "(\n" + "".join(f"{indent}{literal(p)}\n" for p in pieces) + ")"
 
 
-def model_read(text: str) -> str:
-    """The text as the task read it: control characters and surrounding space dropped, NFC."""
-    return unicodedata.normalize("NFC", _CONTROL.sub("", text)).strip()
-
-
 def script(spec: ScriptSpec) -> str:
     """The runnable script for `spec`."""
     build = _BODIES[spec.task]
@@ -135,7 +126,7 @@ _BAR = 'def bar(p, width=20):\n    return "█" * round(p * width) + "░" * (wi
 
 def _text_input(spec: ScriptSpec, name: str = "text", key: str = "text") -> str:
     typed = spec.request[key]
-    read = model_read(typed)
+    read = normalize_text(typed)
     note = (
         f"# Your {name} as the model read it: control characters and surrounding spaces removed.\n"
         if read != typed else ""
@@ -181,7 +172,7 @@ print("[" + ", ".join(f"{{v:+.4f}}" for v in vectors[0, :8].tolist()) + ", …]"
 
 
 def _mask(spec: ScriptSpec) -> tuple[str, str]:
-    typed = model_read(spec.request["text"])
+    typed = normalize_text(spec.request["text"])
     text = normalize_masks(typed, spec.mask_token or "[MASK]")
     note = f"# [mask] and <mask> written as this model's mask token, {spec.mask_token}.\n" if text != typed else ""
     inputs = f"{note}text = {wrapped(text)}\ntop_k = {int(spec.request['top_k'])}\n"

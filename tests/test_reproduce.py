@@ -21,13 +21,14 @@ import pytest
 from bot.code_button import script_message
 from bot.inference.local import LocalBackend
 from bot.inference.tasks.ask import AskRequest
+from bot.inference.tasks.base import normalize_text
 from bot.inference.tasks.embed import EmbedRequest
 from bot.inference.tasks.generate import GenerateRequest
 from bot.inference.tasks.mask import MaskRequest
 from bot.inference.tasks.ner import NerRequest
 from bot.inference.tasks.translate import TranslateRequest
 from bot.render import CONTENT_LIMIT, as_text
-from bot.reproduce import literal, model_read, script, spec_for
+from bot.reproduce import literal, script, spec_for
 from tests.answers import CASES, LONG, SHORT, run, task_of
 from tests.test_settings_cli import run_cli
 
@@ -137,7 +138,7 @@ def test_the_extra_cases_exercise_what_they_name(printouts, backend):
 def test_hostile_input_is_printed_back_unchanged(printouts, text):
     _, ran, _, _ = printouts[f"generate-hostile-{HOSTILE.index(text)}"]  # /generate prints the prompt first
     assert "error" not in ran, ran["error"]
-    assert ran["stdout"].startswith(model_read(text))
+    assert ran["stdout"].startswith(normalize_text(text))
 
 
 @pytest.mark.parametrize("text", [*HOSTILE, "\x00nul", "lone \ud800 surrogate", "x" * 500 + "`" * 7 + "\n" * 3])
@@ -153,7 +154,7 @@ def test_a_script_embeds_the_input_only_as_a_literal(backend, text):
     tree = ast.parse(source)
     [assigned] = [node.value for node in tree.body
                   if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "text"]
-    assert ast.literal_eval(assigned) == model_read(text)
+    assert ast.literal_eval(assigned) == normalize_text(text)
     for short in (source, source[:1500]):  # a message, and the same text in a script short enough for one
         message = script_message("ner", short)
         if "file" in message:

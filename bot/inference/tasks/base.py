@@ -97,11 +97,16 @@ class Task:
         raise NotImplementedError
 
 
+def normalize_text(text: str) -> str:
+    """The text as a model reads it: control characters and surrounding space dropped, NFC."""
+    return unicodedata.normalize("NFC", _CONTROL.sub("", text)).strip()
+
+
 def clean_text(text: Any, settings: Settings, what: str = "text") -> str:
     """Normalize user text; empty or over-long input is an InputError with what to change."""
     if not isinstance(text, str):
         raise InputError(f"The {what} must be text.")
-    text = unicodedata.normalize("NFC", _CONTROL.sub("", text)).strip()
+    text = normalize_text(text)
     if not text or not any(ch.isprintable() and not ch.isspace() for ch in text):
         raise InputError(f"The {what} is empty: type something for the model to read.")
     if len(text) > settings.max_input_chars:

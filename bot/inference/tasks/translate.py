@@ -89,28 +89,23 @@ def pack_chunks(text: str, count_tokens, limit: int) -> list[str]:
         if count_tokens(sentence) <= limit:
             pieces.append(sentence)
         else:
-            pieces.extend(_split_words(sentence, count_tokens, limit))
-    chunks: list[str] = []
-    for piece in pieces:
-        joined = f"{chunks[-1]} {piece}" if chunks else piece
-        if chunks and count_tokens(joined) <= limit:
-            chunks[-1] = joined
-        else:
-            chunks.append(piece)
-    return chunks
+            words = sentence.split()
+            if any(count_tokens(word) > limit for word in words):
+                raise InputTooLong("One word of the text is too long to translate. Add spaces or shorten it.")
+            pieces.extend(_pack(words, count_tokens, limit))
+    return _pack(pieces, count_tokens, limit)
 
 
-def _split_words(sentence: str, count_tokens, limit: int) -> list[str]:
-    parts: list[str] = []
-    for word in sentence.split():
-        if count_tokens(word) > limit:
-            raise InputTooLong("One word of the text is too long to translate. Add spaces or shorten it.")
-        joined = f"{parts[-1]} {word}" if parts else word
-        if parts and count_tokens(joined) <= limit:
-            parts[-1] = joined
+def _pack(parts: list[str], count_tokens, limit: int) -> list[str]:
+    """Join consecutive parts with spaces while the joined text stays within `limit` tokens."""
+    packed: list[str] = []
+    for part in parts:
+        joined = f"{packed[-1]} {part}" if packed else part
+        if packed and count_tokens(joined) <= limit:
+            packed[-1] = joined
         else:
-            parts.append(word)
-    return parts
+            packed.append(part)
+    return packed
 
 
 TASK = TranslateTask()

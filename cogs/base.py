@@ -148,7 +148,7 @@ class TaskCog(commands.Cog):
         shown: str | None = None
         while not enqueue.done():
             await asyncio.wait({enqueue}, timeout=UPDATE_EVERY)
-            progress = getattr(self.bot.executor, "download_progress", lambda task: None)(task)
+            progress = self.bot.executor.download_progress(task)
             text = download_text(*progress) if progress else None
             if enqueue.done() or text is None or text == shown or not self.bot.edit_budget.try_acquire():
                 continue

@@ -210,6 +210,10 @@ class RayExecutor(JobTable):
         self._cancel_remote(job)
         self._finish(job, error=Cancelled(partial=job.partial))
 
+    def download_progress(self, task: str) -> tuple[str, int, int] | None:
+        """Replicas download in their own processes (progress in their logs): nothing to show here."""
+        return None
+
     def position(self, job: RemoteJob) -> tuple[int, float]:
         return (job.place, job.eta) if job.state == "queued" else (0, 0.0)
 

@@ -5,7 +5,9 @@ the model's limit) on random-weight models of the real architectures (no downloa
 is what the tutorial does per message: tokenize one text, one forward, one at a time (in a thread,
 so that the event loop is not what we measure). Reports requests/s, p50/p99 latency, the ratio,
 the worst event-loop lag, and for encoders the achieved FLOP/s against a fp32 matmul peak measured
-in the same run. Prints a markdown table; `--output` writes it to a file too.
+in the same run. `--formats` adds the executor in bf16 and int8 (each row against the peak of its
+own format), `--peers` transformers' pipeline. Prints markdown tables; `--output` writes them to a
+file too.
 """
 
 from __future__ import annotations
@@ -110,15 +112,24 @@ class LoopLag:
             self._task.cancel()
 
 
-def matmul_peak_flops(seconds: float = 2.0) -> float:
-    """Best fp32 FLOP/s of a 1024³ matrix multiply on this machine (the ceiling for encoders)."""
+def matmul_peak_flops(fmt: str = "fp32", seconds: float = 2.0) -> float:
+    """Best FLOP/s of a 1024³ matrix multiply in a format (the ceiling for encoders in it): fp32 and
+    bf16 with torch.mm, int8 as QUANTIZE=int8 runs it (a dynamically quantized Linear)."""
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    if fmt == "bf16":
+        a, b = a.bfloat16(), b.bfloat16()
+    multiply = lambda: torch.mm(a, b)  # noqa: E731
+    if fmt == "int8":
+        linear = torch.nn.Linear(1024, 1024, bias=False)
+        quantized = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear}, dtype=torch.qint8)
+        multiply = lambda: quantized(a)  # noqa: E731
     best, ends = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < ends:
-        start = time.perf_counter()
-        for _ in range(4):
-            torch.mm(a, b)
-        best = max(best, 4 * 2 * 1024**3 / (time.perf_counter() - start))
+    with torch.inference_mode():
+        while time.perf_counter() < ends:
+            start = time.perf_counter()
+            for _ in range(4):
+                multiply()
+            best = max(best, 4 * 2 * 1024**3 / (time.perf_counter() - start))
     return best
 
 
@@ -167,11 +178,11 @@ async def open_loop(rate: float, requests: list, call, rng: random.Random) -> tu
     return seconds, latencies, lag.worst
 
 
-async def measure_pair(sides: dict, clients: int, run, flops: float) -> tuple[Measurement, Measurement]:
-    """Both sides in the order A B B A, each side's two runs summed, so that a drift in machine
-    speed (turbo, another process) weighs on both sides alike."""
+async def measure_sides(sides: dict, clients: int, run, flops: float) -> dict[str, Measurement]:
+    """Every side twice, in the order A B C … C B A, each side's two runs summed, so that a drift in
+    machine speed (turbo, another process) weighs on all sides alike."""
     totals = {side: Measurement(side, clients, 0, 0.0, [], 0.0) for side in sides}
-    for side in ("naive", "executor", "executor", "naive"):
+    for side in [*sides, *reversed(sides)]:
         seconds, latencies, lag = await run(sides[side])
         total = totals[side]
         total.requests += len(latencies)
@@ -179,7 +190,7 @@ async def measure_pair(sides: dict, clients: int, run, flops: float) -> tuple[Me
         total.latencies += latencies
         total.max_lag = max(total.max_lag, lag)
         total.useful_flops += flops
-    return totals["naive"], totals["executor"]
+    return totals
 
 
 # -- the naive side ---------------------------------------------------------------------------
@@ -226,76 +237,126 @@ class Naive:
 
 # -- the report ---------------------------------------------------------------------------------
 
+# Formats the executor is measured in: (DTYPE, QUANTIZE). The naive side is always fp32, the
+# tutorial's way.
+FORMATS = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none"), "int8": ("float32", "int8")}
+
+
+def auto_format(task: str) -> str:
+    """The format DTYPE=auto picks for a task on this machine's CPU (the product's default)."""
+    from bot.inference.device import native_bf16, resolve_dtypes
+
+    dtypes, _ = resolve_dtypes("auto", torch.device("cpu"), (task,), native_bf16())
+    return "bf16" if dtypes[task] == torch.bfloat16 else "fp32"
+
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f}"
 
 
-def encoder_rows(task: str, pairs: list[tuple[Measurement, Measurement]], peak: float) -> list[str]:
+def format_rows(task: str, fmt: str, runs: list[dict[str, Measurement]], peaks: dict[str, float]) -> list[str]:
+    """One table row per concurrency: naive fp32 against the executor in `fmt`; each side's share of
+    the peak of its own format."""
     rows = []
-    for naive, ours in pairs:
+    for run in runs:
+        naive, ours = run["naive"], run[fmt]
+        clients = f"Poisson {-ours.concurrency:g}/s" if ours.concurrency < 0 else str(ours.concurrency)
         rows.append(
-            f"| {task} | {naive.concurrency} | {naive.rps:.1f} | {ours.rps:.1f} | **{ours.rps / naive.rps:.2f}×** | "
+            f"| {task} | {clients} | {naive.rps:.1f} | {ours.rps:.1f} | **{ours.rps / naive.rps:.2f}×** | "
             f"{_ms(naive.quantile(0.5))} / {_ms(naive.quantile(0.99))} | {_ms(ours.quantile(0.5))} / {_ms(ours.quantile(0.99))} | "
-            f"{naive.useful_flops / naive.seconds / peak:.0%} | {ours.useful_flops / ours.seconds / peak:.0%} | "
+            f"{naive.useful_flops / naive.seconds / peaks['fp32']:.0%} | {ours.useful_flops / ours.seconds / peaks[fmt]:.0%} | "
             f"{_ms(naive.max_lag)} / {_ms(ours.max_lag)} |"
         )
     return rows
 
 
-async def bench_encoder(task, checkpoint, settings, args, rng, peak, quantize=False) -> tuple[list[str], dict]:
+def goal_row(task: str, runs: list[dict[str, Measurement]], peaks: dict[str, float], pipeline_best: float | None) -> str:
+    """#12's ratios for one task: the default format (DTYPE=auto) at the most clients against the
+    best pipeline and naive fp32, bf16 against fp32, one client against naive, p99 against naive."""
+    closed = [run for run in runs if run["naive"].concurrency > 0]
+    one, most, auto = closed[0], closed[-1], auto_format(task)
+
+    def ratio(a: str, b: str) -> str:
+        return f"{most[a].rps / most[b].rps:.2f}×" if a in most and b in most else "–"
+
+    bf16_peak = f"{most['bf16'].useful_flops / most['bf16'].seconds / peaks['bf16']:.0%}" if "bf16" in most else "–"
+    versus_pipeline = f"{most[auto].rps / pipeline_best:.2f}×" if pipeline_best and auto in most else "–"
+    tails = ", ".join(
+        f"{run['naive'].concurrency}: {_ms(run[auto].quantile(0.99))} {'≤' if run[auto].quantile(0.99) <= run['naive'].quantile(0.99) else '>'} "
+        f"{_ms(run['naive'].quantile(0.99))}" for run in closed if auto in run
+    )
+    return (f"| {task} | {auto} | {ratio('bf16', 'fp32')} | {versus_pipeline} | {ratio(auto, 'naive')} | {bf16_peak} | "
+            f"{one[auto].rps / one['naive'].rps:.2f}× | {tails} |" if auto in most else f"| {task} | {auto} | not measured |")
+
+
+async def started_executor(task: str, checkpoint: Path, settings: Settings, fmt: str):
+    """An executor over one task's checkpoint in a format, warm, with queues too deep to refuse."""
     from bot.inference.executor import Executor
     from bot.inference.local import LocalBackend
 
+    dtype, quantize = FORMATS[fmt]
+    settings = dataclasses.replace(
+        settings, checkpoints=dict(settings.checkpoints, **{task: str(checkpoint)}), device="cpu", dtype=dtype,
+        quantize=quantize, queue_size_per_model=10_000, queue_size_total=10_000, max_queued_per_user=10_000,
+    )
+    executor = Executor(settings, LocalBackend(settings))
+    await executor.start()
+    await asyncio.to_thread(executor.backend.warm_up, task)
+    return executor
+
+
+async def bench_encoder(task, checkpoint, settings, args, rng, peaks, formats) -> dict[str, Any]:
+    """Naive fp32 and the executor in each format, A B C … C B A on the same requests, at each
+    concurrency; then (--peers) transformers' pipeline on the same list."""
     naive = Naive(task, checkpoint)
     tokenizer = naive.tokenizer
     model_limit = min(512, tokenizer.model_max_length)
     texts = heavy_tailed_texts(args.requests, tokenizer, model_limit - 24, rng)
     requests = [make_request(task, t, rng, args.new_tokens) for t in texts]
     params = sum(p.numel() for n, p in naive.model.named_parameters() if "embeddings" not in n)
-    flops = [encoder_flops(naive.model.config, len(tokenizer(t)["input_ids"]), params) for t in texts]
-    total_flops = sum(flops)
+    total_flops = sum(encoder_flops(naive.model.config, len(tokenizer(t)["input_ids"]), params) for t in texts)
 
-    settings = dataclasses.replace(
-        settings, checkpoints=dict(settings.checkpoints, **{task: str(checkpoint)}), device="cpu",
-        quantize="int8" if quantize else "none", queue_size_per_model=10_000, queue_size_total=10_000,
-        max_queued_per_user=10_000,
-    )
-    executor = Executor(settings, LocalBackend(settings))
-    await executor.start()
-    await asyncio.to_thread(executor.backend.warm_up, task)
+    executors = {fmt: await started_executor(task, checkpoint, settings, fmt) for fmt in formats}
     await naive(requests[0])  # warm-up
 
-    async def ours(request):
-        return await executor.submit(task, request, user_id=rng.randrange(1000))
+    def submit_to(executor):
+        async def call(request):
+            return await executor.submit(task, request, user_id=rng.randrange(1000))
+        return call
 
-    sides = {"naive": naive, "executor": ours}
-    pairs = [
-        await measure_pair(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), total_flops)
+    sides = {"naive": naive, **{fmt: submit_to(executor) for fmt, executor in executors.items()}}
+    runs = [
+        await measure_sides(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), total_flops)
         for clients in [int(c) for c in args.concurrency.split(",")]
     ]
     if args.rate:
-        pairs.append(await measure_pair(sides, 0, lambda call: open_loop(args.rate, requests, call, rng), total_flops))
-    snapshot = executor.snapshot()["lanes"][task]
-    await executor.shutdown()
-    label = task + (" int8" if quantize else "")
-    rows = encoder_rows(label, pairs, peak)
-    if args.rate:
-        rows[-1] = rows[-1].replace(f"| {label} | 0 |", f"| {label} | Poisson {args.rate:g}/s |")
-    extra = {"mean_batch": snapshot["mean_batch_size"]}
-    if getattr(args, "peers", False) and not quantize and task in PIPELINES:
+        poisson = await measure_sides(sides, -1, lambda call: open_loop(args.rate, requests, call, rng), total_flops)
+        for measurement in poisson.values():
+            measurement.concurrency = -args.rate  # a rate, not a client count (format_rows prints it so)
+        runs.append(poisson)
+    mean_batch = {fmt: executor.snapshot()["lanes"][task]["mean_batch_size"] for fmt, executor in executors.items()}
+    for executor in executors.values():
+        await executor.shutdown()
+    del executors
+    out: dict[str, Any] = {"rows": {fmt: format_rows(task, fmt, runs, peaks) for fmt in formats}, "mean_batch": mean_batch}
+    pipeline_best = None
+    if getattr(args, "peers", False) and task in PIPELINES:
         rates = await asyncio.to_thread(pipeline_rates, task, naive, requests)
         best = max(rates, key=rates.get)
-        naive_one, ours_most = pairs[0][0], pairs[-1][1]  # naive at 1 client; the executor at the most clients
-        extra["peers"] = (
+        pipeline_best = rates[best]
+        closed = [run for run in runs if run["naive"].concurrency > 0]
+        naive_one, auto = closed[0]["naive"], auto_format(task)
+        ours = closed[-1].get(auto)
+        out["peers"] = (
             f"| {task} | {naive_one.rps:.1f} | " + " | ".join(f"{rates[size]:.1f}" for size in PIPELINE_BATCH_SIZES)
-            + f" | {best} | {rates[best] / naive_one.rps:.2f}× | {ours_most.rps:.1f} ({ours_most.concurrency} clients) | "
-            f"**{ours_most.rps / rates[best]:.2f}×** |"
+            + f" | {best} | {rates[best] / naive_one.rps:.2f}× | "
+            + (f"{ours.rps:.1f} ({auto}, {ours.concurrency} clients) | **{ours.rps / rates[best]:.2f}×** |" if ours else "– | – |")
         )
-    if quantize:
-        extra["agreement"] = await asyncio.to_thread(int8_agreement, task, checkpoint, requests[:64])
+    out["goals"] = goal_row(task, runs, peaks, pipeline_best)
+    if "int8" in formats:
+        out["agreement"] = await asyncio.to_thread(int8_agreement, task, checkpoint, requests[:64])
     del naive
-    return rows, extra
+    return out
 
 
 # What a user would pick instead of this bot: transformers' own pipeline for the task (#12).
@@ -336,22 +397,15 @@ def int8_agreement(task: str, checkpoint: Path, requests: list) -> str:
     return f"same top label {same}/{len(requests)}, mean cosine {statistics.mean(cosines):.4f}"
 
 
-async def bench_generate(checkpoint, settings, args, rng) -> list[str]:
-    from bot.inference.executor import Executor
-    from bot.inference.local import LocalBackend
-
+async def bench_generate(checkpoint, settings, args, rng, formats) -> list[str]:
+    """Aggregate tokens/s of the executor's streams in each format (int8 aside: it ruins text),
+    against one naive fp32 stream; formats A B … B A at each stream count."""
     naive = Naive("generate", checkpoint)
     prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))) for _ in range(128)]
-    settings = dataclasses.replace(
-        settings, checkpoints=dict(settings.checkpoints, generate=str(checkpoint)), device="cpu",
-        max_queued_per_user=10_000, queue_size_per_model=10_000, queue_size_total=10_000,
-    )
-    executor = Executor(settings, LocalBackend(settings))
-    await executor.start()
-    await asyncio.to_thread(executor.backend.warm_up, "generate")
-    rows = []
+    formats = [fmt for fmt in formats if fmt != "int8"]
+    executors = {fmt: await started_executor("generate", checkpoint, settings, fmt) for fmt in formats}
 
-    async def measure(call, streams: int, count: int) -> tuple[float, float, float]:
+    async def measure(call, streams: int, count: int) -> tuple[float, list[float], float]:
         requests = [make_request("generate", p, rng, args.new_tokens) for p in prompts[:count]]
         produced = []
 
@@ -359,17 +413,28 @@ async def bench_generate(checkpoint, settings, args, rng) -> list[str]:
             produced.append(await call(request))
 
         seconds, latencies, lag = await closed_loop(streams, requests, one)
-        return sum(produced) / seconds, statistics.median(latencies), lag
+        return sum(produced) / seconds, latencies, lag
 
-    async def ours(request):
-        return (await executor.submit("generate", request, user_id=rng.randrange(1000))).tokens
+    def submit_to(executor):
+        async def call(request):
+            return (await executor.submit("generate", request, user_id=rng.randrange(1000))).tokens
+        return call
 
     base, _, _ = await measure(naive, 1, 4)
-    rows.append(f"| generate (naive, one at a time) | 1 | {base:.1f} | 1.00× | | |")
+    rows = [f"| generate (naive fp32, one at a time) | 1 | {base:.1f} | 1.00× | | |"]
     for streams in [int(s) for s in args.generate_streams.split(",")]:
-        rate, p50, lag = await measure(ours, streams, 4 * streams)  # four rounds: past the start-up
-        rows.append(f"| generate (executor) | {streams} | {rate:.1f} | **{rate / base:.2f}×** | {p50:.2f} s | {_ms(lag)} |")
-    await executor.shutdown()
+        totals = {fmt: [0.0, [], 0.0] for fmt in formats}
+        for fmt in [*formats, *reversed(formats)]:  # four rounds each: past the start-up
+            rate, latencies, lag = await measure(submit_to(executors[fmt]), streams, 4 * streams)
+            total = totals[fmt]
+            total[0] += rate / 2
+            total[1] += latencies
+            total[2] = max(total[2], lag)
+        for fmt, (rate, latencies, lag) in totals.items():
+            rows.append(f"| generate (executor {fmt}) | {streams} | {rate:.1f} | **{rate / base:.2f}×** | "
+                        f"{statistics.median(latencies):.2f} s | {_ms(lag)} |")
+    for executor in executors.values():
+        await executor.shutdown()
     return rows
 
 
@@ -444,10 +509,10 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
     async def on(executor, request):
         return await executor.submit(task, request, user_id=rng.randrange(1000))
 
-    sides = {"naive": lambda r: on(local, r), "executor": lambda r: on(remote, r)}
-    await sides["executor"](requests[0])
-    pairs = [
-        await measure_pair(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), 0.0)
+    sides = {"local": lambda r: on(local, r), "ray": lambda r: on(remote, r)}
+    await sides["ray"](requests[0])
+    runs = [
+        await measure_sides(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), 0.0)
         for clients in [int(c) for c in args.concurrency.split(",")]
     ]
     handle = serve.get_deployment_handle(ray_serve.deployment_of(settings)[task],
@@ -464,7 +529,7 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
 
     ray.shutdown()
     rows = []
-    for here, there in pairs:
+    for here, there in ((run["local"], run["ray"]) for run in runs):
         overhead = (there.quantile(0.5) - here.quantile(0.5), there.quantile(0.99) - here.quantile(0.99))
         rows.append(
             f"| {task} | {here.concurrency} | {here.rps:.1f} | {there.rps:.1f} | **{there.rps / here.rps:.2f}×** | "
@@ -474,62 +539,85 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
     return rows, {"ping_p50": pings[len(pings) // 2] * 1000, "ping_p99": pings[int(len(pings) * 0.99)] * 1000}
 
 
+def machine_line(args: argparse.Namespace, peaks: dict[str, float]) -> str:
+    from bot.inference.device import native_bf16
+
+    return (
+        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+        f"{platform.python_version()}, native bf16: {native_bf16() or 'no'}; models: {args.size} random-weight "
+        f"architectures; {args.requests} requests per row; matmul peaks (1024³): "
+        + ", ".join(f"{fmt} {flops / 1e9:.1f} GFLOP/s" for fmt, flops in peaks.items()) + "."
+    )
+
+
+async def bench_on_ray(args, settings, tasks, checkpoints, rng) -> list[str]:
+    lines = ["| task | clients | local req/s | ray req/s | ray / local | local p50/p99 ms | ray p50/p99 ms | overhead p50/p99 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for task in tasks:
+        if task in ENCODER_TASKS:
+            rows, extra = await bench_ray(task, checkpoints[task], settings, args, rng)
+            lines += rows
+            notes.append(f"- {task}: handle round trip of a call that does no work: p50 {extra['ping_p50']:.1f} ms, "
+                         f"p99 {extra['ping_p99']:.1f} ms")
+    return [*lines, "", *notes]
+
+
+ENCODER_HEADER = ("| task | clients | naive fp32 req/s | executor {fmt} req/s | ratio | naive p50/p99 ms | "
+                  "executor p50/p99 ms | naive % of fp32 peak | executor % of {fmt} peak | max loop lag ms (naive / executor) |")
+
+
 async def bench(args: argparse.Namespace, settings: Settings) -> str:
     from bot.synthetic import build_checkpoints
 
     rng = random.Random(args.seed)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if args.quantize and "int8" not in formats:
+        formats.append("int8")
     started = time.perf_counter()
     checkpoints = await asyncio.to_thread(build_checkpoints, args.models_dir, args.size)
-    peak = matmul_peak_flops()
-    lines = [
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"{platform.python_version()}; models: {args.size} random-weight architectures; {args.requests} requests per row; "
-        f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s.",
-        "",
-        "| task | clients | naive req/s | executor req/s | ratio | naive p50/p99 ms | executor p50/p99 ms | naive % of peak | executor % of peak | max loop lag ms (naive / executor) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    notes = []
+    peaks = {fmt: matmul_peak_flops(fmt) for fmt in dict.fromkeys(["fp32", *formats])}
+    lines = [machine_line(args, peaks), ""]
     if args.inference == "ray":
-        lines[2:4] = [
-            "| task | clients | local req/s | ray req/s | ray / local | local p50/p99 ms | ray p50/p99 ms | overhead p50/p99 ms |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for task in tasks:
-            if task in ENCODER_TASKS:
-                rows, extra = await bench_ray(task, checkpoints[task], settings, args, rng)
-                lines += rows
-                notes.append(f"- {task}: handle round trip of a call that does no work: p50 {extra['ping_p50']:.1f} ms, "
-                             f"p99 {extra['ping_p99']:.1f} ms")
-        lines += ["", *notes, f"- total bench time {time.perf_counter() - started:.0f} s"]
-        return "\n".join(lines)
-    peers = []
+        lines += await bench_on_ray(args, settings, tasks, checkpoints, rng)
+        return "\n".join([*lines, f"- total bench time {time.perf_counter() - started:.0f} s"])
+    tables: dict[str, list[str]] = {fmt: [] for fmt in formats}
+    peers, goals, notes = [], [], []
     for task in tasks:
-        if task in ENCODER_TASKS:
-            rows, extra = await bench_encoder(task, checkpoints[task], settings, args, rng, peak)
-            lines += rows
-            notes.append(f"- {task}: mean executor batch {extra['mean_batch']:.1f} requests")
-            if "peers" in extra:
-                peers.append(extra["peers"])
-            if args.quantize:
-                rows, extra = await bench_encoder(task, checkpoints[task], settings, args, rng, peak, quantize=True)
-                lines += rows
-                notes.append(f"- {task} int8 vs fp32: {extra['agreement']}")
+        if task not in ENCODER_TASKS:
+            continue
+        out = await bench_encoder(task, checkpoints[task], settings, args, rng, peaks, formats)
+        for fmt, rows in out["rows"].items():
+            tables[fmt] += rows
+        goals.append(out["goals"])
+        peers += [out["peers"]] if "peers" in out else []
+        notes.append(f"- {task}: mean executor batch " + ", ".join(f"{b:.1f} ({fmt})" for fmt, b in out["mean_batch"].items()))
+        if "agreement" in out:
+            notes.append(f"- {task} int8 vs fp32: {out['agreement']}")
+    for fmt, rows in tables.items():
+        if rows:
+            lines += [f"Executor in {fmt} against naive fp32:", "", ENCODER_HEADER.format(fmt=fmt), "|---" * 10 + "|", *rows, ""]
     if peers:
         sizes = " | ".join(f"pipeline batch_size {size} req/s" for size in PIPELINE_BATCH_SIZES)
-        lines += ["", f"| task | naive req/s (1 client) | {sizes} | best batch_size | best pipeline / naive | "
-                      "executor req/s | executor / best pipeline |",
-                  "|---|---|" + "---|" * len(PIPELINE_BATCH_SIZES) + "---|---|---|---|", *peers]
+        lines += [f"| task | naive req/s (1 client) | {sizes} | best batch_size | best pipeline / naive | "
+                  "executor req/s (DTYPE=auto) | executor / best pipeline |",
+                  "|---|---|" + "---|" * len(PIPELINE_BATCH_SIZES) + "---|---|---|---|", *peers, ""]
+    if goals:
+        lines += ["| task | DTYPE=auto picks | bf16 / fp32 executor (most clients) | auto / best pipeline | auto / naive fp32 | "
+                  "bf16 % of bf16 peak | one client: auto / naive | p99 ms, auto vs naive (clients: auto ≤ naive) |",
+                  "|---" * 8 + "|", *goals, ""]
     if "generate" in tasks:
-        lines += ["", "| /generate | concurrent streams | aggregate tokens/s | vs one naive stream | p50 latency | max loop lag ms |",
+        lines += ["| /generate | concurrent streams | aggregate tokens/s | vs one naive stream | p50 latency | max loop lag ms |",
                   "|---|---|---|---|---|---|"]
-        lines += await bench_generate(checkpoints["generate"], settings, args, rng)
+        lines += await bench_generate(checkpoints["generate"], settings, args, rng, formats)
+        lines.append("")
     if args.continuous:
-        lines += ["", "| prompts at once | batched generate() tokens/s | continuous batching tokens/s | generate() speed-up |",
+        lines += ["| prompts at once | batched generate() tokens/s | continuous batching tokens/s | generate() speed-up |",
                   "|---|---|---|---|"]
         lines += await asyncio.to_thread(bench_continuous, checkpoints["generate"], args.new_tokens, rng)
-    lines += ["", *notes, f"- total bench time {time.perf_counter() - started:.0f} s"]
+        lines.append("")
+    lines += [*notes, f"- total bench time {time.perf_counter() - started:.0f} s"]
     return "\n".join(lines)
 
 

@@ -71,7 +71,9 @@ def bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=0.0, help="also run open-loop Poisson arrivals at this rate (req/s)")
     parser.add_argument("--size", choices=("real", "tiny"), default="real", help="model sizes (real = bert-base etc.)")
     parser.add_argument("--models-dir", type=Path, default=Path.home() / ".cache" / "automodel-bot" / "bench-models")
-    parser.add_argument("--quantize", action="store_true", help="also measure QUANTIZE=int8 against fp32 naive")
+    parser.add_argument("--formats", default="fp32",
+                        help="executor formats to measure against naive fp32, in one run: fp32, bf16, int8")
+    parser.add_argument("--quantize", action="store_true", help="also measure QUANTIZE=int8 (same as adding int8 to --formats)")
     parser.add_argument("--generate-streams", default="1,8,16", help="concurrent /generate streams to compare")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens per /generate request")
     parser.add_argument("--continuous", action="store_true",
@@ -326,6 +328,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for row in table:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    print(backend.dtype_reason)
     return 0
 
 

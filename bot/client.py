@@ -103,6 +103,8 @@ class AutoModelBot(commands.Bot):
             listeners.append(self.metrics_server.metrics.observe)
             await self.metrics_server.start()
         started = time.monotonic()
+        if getattr(self.executor.backend, "dtype_reason", None):  # INFERENCE=ray: each replica logs its own
+            log.info("%s", self.executor.backend.dtype_reason)
         if self.settings.preload:
             log.info("PRELOAD: loading every model before connecting to Discord")
         await self.executor.start()

@@ -17,7 +17,7 @@ from string import Template
 from typing import Any
 
 from bot.inference.tasks import TASKS
-from bot.inference.tasks.base import normalize_text
+from bot.inference.tasks.base import PAD_MULTIPLE, normalize_text
 from bot.inference.tasks.mask import normalize_masks
 from bot.inference.tasks.translate import NUM_BEAMS
 
@@ -88,6 +88,11 @@ def script(spec: ScriptSpec) -> str:
     """The runnable script for `spec`."""
     build = _BODIES[spec.task]
     inputs, body = build(spec)
+    # In half precision, padding changes the last digits: pad as the bot pads (bot.inference.tasks.base).
+    half = spec.dtype in ("bfloat16", "float16")
+    pads_like_the_bot = "__PAD__" in body or "__MULTIPLE__" in body
+    multiple = f", pad_to_multiple_of={PAD_MULTIPLE}" if half else ""
+    body = body.replace("__PAD__", ", padding=True" + multiple if half else "").replace("__MULTIPLE__", multiple)
     auto = TASKS[spec.task].auto_class_name
     dtype = f", dtype=torch.{spec.dtype}" if spec.dtype != "float32" else ""
     quantize = (
@@ -95,6 +100,9 @@ def script(spec: ScriptSpec) -> str:
         "model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)\n"
         if spec.quantize == "int8" else ""
     )
+    if half and not pads_like_the_bot:
+        quantize += (f"# The bot pads this input to a multiple of {PAD_MULTIPLE} tokens; in {spec.dtype} that changes\n"
+                     "# the last digits, so a long text can come out differently here.\n")
     where = (
         "# A folder on the bot's own disk, shown by name only: ask the bot's owner for it.\n"
         if spec.local_path_hidden else ""
@@ -136,7 +144,7 @@ def _text_input(spec: ScriptSpec, name: str = "text", key: str = "text") -> str:
 
 def _sentiment(spec: ScriptSpec) -> tuple[str, str]:
     return _text_input(spec), _BAR + """
-inputs = tokenizer(text, return_tensors="pt")
+inputs = tokenizer(text, return_tensors="pt"__PAD__)
 with torch.no_grad():
     logits = model(**inputs).logits
 probs = torch.softmax(logits.float(), dim=-1)[0].tolist()
@@ -155,7 +163,7 @@ def _embed(spec: ScriptSpec) -> tuple[str, str]:
     inputs = _text_input(spec) + (_text_input(spec, "other", "other") if pair else "")
     body = f"""
 texts = {"[text, other]" if pair else "[text]"}
-inputs = tokenizer(texts, padding=True, return_tensors="pt")
+inputs = tokenizer(texts, padding=True, return_tensors="pt"__MULTIPLE__)
 with torch.no_grad():
     hidden = model(**inputs).last_hidden_state.float()
 # Mean over each text's real tokens: padding must not count.
@@ -177,7 +185,7 @@ def _mask(spec: ScriptSpec) -> tuple[str, str]:
     note = f"# [mask] and <mask> written as this model's mask token, {spec.mask_token}.\n" if text != typed else ""
     inputs = f"{note}text = {wrapped(text)}\ntop_k = {int(spec.request['top_k'])}\n"
     return inputs, _BAR + """
-inputs = tokenizer(text, return_tensors="pt")
+inputs = tokenizer(text, return_tensors="pt"__PAD__)
 with torch.no_grad():
     logits = model(**inputs).logits[0]
 candidates = []  # per mask: (word, probability), best first
@@ -201,7 +209,7 @@ for n, options in enumerate(candidates, 1):
 
 def _ner(spec: ScriptSpec) -> tuple[str, str]:
     return _text_input(spec), """
-encoding = tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
+encoding = tokenizer(text, return_offsets_mapping=True, return_tensors="pt"__PAD__)
 offsets = encoding.pop("offset_mapping")[0].tolist()
 special = tokenizer.get_special_tokens_mask(encoding["input_ids"][0].tolist(), already_has_special_tokens=True)
 with torch.no_grad():
@@ -247,7 +255,7 @@ question_tokens = len(tokenizer(question, add_special_tokens=False)["input_ids"]
 encoding = tokenizer(
     question, context, truncation="only_second", max_length=max_length,
     stride=min(128, (max_length - question_tokens) // 4), return_overflowing_tokens=True,
-    return_offsets_mapping=True, padding=True, return_tensors="pt",
+    return_offsets_mapping=True, padding=True, return_tensors="pt"__MULTIPLE__,
 )
 offsets = encoding.pop("offset_mapping").tolist()
 encoding.pop("overflow_to_sample_mapping")

@@ -56,7 +56,8 @@ class Info(commands.Cog):
     @app_commands.command(name="models", description="Which model runs each command, where, and whether it is loaded")
     async def models(self, interaction: discord.Interaction) -> None:
         embed = discord.Embed(title="Models", color=0x5865F2)
-        for row in self.bot.executor.backend.describe():
+        rows = self.bot.executor.backend.describe()
+        for row in rows:
             state = "loaded" if row["loaded"] else "loads on first use"
             params = f" · {_count(row['parameters'])} parameters" if row["parameters"] else ""
             shared = f" · shares weights with /{', /'.join(row['shared_with'])}" if row["shared_with"] and row["loaded"] else ""
@@ -66,6 +67,9 @@ class Info(commands.Cog):
                 + _replica_lines(row.get("replicas")),
                 inline=False,
             )
+        reason = next((row["dtype_reason"] for row in rows if row.get("dtype_reason")), "")
+        if reason:
+            embed.set_footer(text=reason)  # why these dtypes (DTYPE=auto decides per task and per CPU)
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_PINGS)
 
     @app_commands.command(name="status", description="Queue depth, recent latency, uptime and memory")

@@ -327,6 +327,8 @@ async def test_info_commands_answer_ephemeral_embeds(fake_discord, discord_bot, 
     names = [f["name"] for f in embed["fields"]]
     assert all(any(n.startswith(want) for n in names) for want in fields), names
     assert_within_limits(reply.content, reply.embeds)
+    if name == "models":
+        assert embed["footer"]["text"].startswith("DTYPE=auto: ")  # what DTYPE=auto chose, and why
 
 
 @pytest.mark.parametrize(

@@ -124,6 +124,31 @@ def test_cut_batch_keeps_the_anchor_and_the_token_budget():
     assert sorted(j.prepared.sort_key for j in mixed) == [10, 12]
 
 
+def test_cut_batch_same_width_takes_only_rows_padded_like_the_anchor():
+    window = [job_of_length(n) for n in (10, 12, 15, 17, 9, 8)]  # padded widths 16 16 16 24 16 8
+    batch = cut_batch(window, max_size=32, budget=10_000, max_padding=1.0, same_width=True)
+    assert sorted(j.prepared.sort_key for j in batch) == [9, 10, 12, 15]
+    assert len(cut_batch(window, max_size=32, budget=10_000, max_padding=1.0)) == 6  # fp32: padding allowed
+
+
+def test_a_returning_user_keeps_their_place_in_line():
+    """Line order is when a user's next job joined it: a user served earlier who asks again is not
+    put behind everyone who arrived after them (before: behind every newcomer, the p99 tail)."""
+    lane = executor_module.Lane("t")
+    returning, newcomer, flooding = job_of_length(5), job_of_length(5), job_of_length(5)
+    returning.user_id, returning.enqueued_at = 1, 11.0
+    newcomer.user_id, newcomer.enqueued_at = 2, 12.0
+    lane.last_served[1] = 10.0
+    lane.push(newcomer)
+    lane.push(returning)
+    assert lane.service_order() == [1, 2]
+    # A user with jobs queued since t=0 but served at t=13 counts from 13: after both of them.
+    flooding.user_id, flooding.enqueued_at = 3, 0.0
+    lane.last_served[3] = 13.0
+    lane.push(flooding)
+    assert lane.service_order() == [1, 2, 3]
+
+
 async def test_a_flooding_user_does_not_push_others_back(tiny_settings, real_backend):
     backend = InjectingBackend(real_backend)
     settings = make_settings(tiny_settings, max_batch_size=1, max_queued_per_user=20)

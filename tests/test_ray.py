@@ -299,9 +299,11 @@ async def test_the_bot_answers_and_describes_replicas_on_ray(cluster, fake_disco
     reply = await slash(fake_discord, "sentiment", {"text": "I love this"})
     assert reply.embeds and "%" in reply.embeds[0]["title"]
     source = script_of(await press(fake_discord, reply))  # the Code button (#14) on a reply from a replica
-    assert "AutoModelForSequenceClassification.from_pretrained(checkpoint)" in source  # float32, as the replicas run
     await discord_bot.executor.refresh()
+    dtype, _ = discord_bot.executor.backend.precision("sentiment")  # as the replicas run it (DTYPE=auto)
+    assert ("from_pretrained(checkpoint)" if dtype == "float32" else f"from_pretrained(checkpoint, dtype=torch.{dtype})") in source
     models = await (await fake_discord.invoke_slash("models")).wait_final(10)
+    assert models.embeds[0]["footer"]["text"].startswith("DTYPE=auto: ")  # why, from the replicas' own CPU
     fields = {f["name"]: f["value"] for f in models.embeds[0]["fields"]}
     assert fields["/sentiment"].count("replica on node") == 2 and fields["/ner"].count("replica on node") == 1
     status = await (await fake_discord.invoke_slash("status")).wait_final(10)

@@ -21,7 +21,7 @@ import pytest
 from bot.code_button import script_message
 from bot.inference.local import LocalBackend
 from bot.inference.tasks.ask import AskRequest
-from bot.inference.tasks.base import normalize_text
+from bot.inference.tasks.base import normalize_text, padded_width
 from bot.inference.tasks.embed import EmbedRequest
 from bot.inference.tasks.generate import GenerateRequest
 from bot.inference.tasks.mask import MaskRequest
@@ -100,17 +100,18 @@ def backend(peaked_settings) -> LocalBackend:
     return LocalBackend(peaked_settings)
 
 
-@pytest.fixture(scope="module")
-def printouts(backend, tmp_path_factory) -> dict[str, tuple[str, dict, object]]:
-    """case → (the bot's printout, the script's run, the request): every script of the module, run once."""
-    folder = tmp_path_factory.mktemp("scripts")
+def bot_and_script_printouts(backend, folder: Path, cases: dict) -> dict[str, tuple[str, dict, object, object]]:
+    """case → (the bot's printout, the script's run, the request, the result): every script run once."""
     companions_of = {task_of(case): companions for case, (_, companions) in reversed(CASES.items())}
-    cases = {case: request for case, (request, _) in CASES.items()} | EXTRA
     bot_side, paths = {}, []
     for case, request in cases.items():
         task = task_of(case)
         companions = companions_of[task]  # the request in the middle of a batch, as in production
-        result = run(backend, task, [companions[0], request, *companions[1:]])[1]
+        if backend.batch_rule(task) == "same width":  # half precision: the executor batches rows of one width only
+            width = padded_width(backend.prepare(task, request).longest)
+            companions = [c for c in companions if padded_width(backend.prepare(task, c).longest) == width]
+        position = 1 if companions else 0
+        result = run(backend, task, [*companions[:1], request, *companions[1:]])[position]
         spec = spec_for(task, request, result, backend.checkpoints[task], *backend.precision(task))
         path = folder / f"{case}.py"
         path.write_text(script(spec), encoding="utf-8")
@@ -118,6 +119,32 @@ def printouts(backend, tmp_path_factory) -> dict[str, tuple[str, dict, object]]:
         bot_side[case] = (as_text(result), request, result)
     runs = run_scripts(paths, folder)
     return {case: (text, runs[str(folder / f"{case}.py")], request, result) for case, (text, request, result) in bot_side.items()}
+
+
+@pytest.fixture(scope="module")
+def printouts(backend, tmp_path_factory) -> dict[str, tuple[str, dict, object, object]]:
+    cases = {case: request for case, (request, _) in CASES.items()} | EXTRA
+    return bot_and_script_printouts(backend, tmp_path_factory.mktemp("scripts"), cases)
+
+
+# DTYPE=bfloat16 for every task: the scripts pad as the bot does, where padding moves half-precision digits.
+BF16_CASES = ["sentiment", "embed", "embed-padded", "mask", "mask-several", "ner", "ask", "ask-windows"]
+
+
+@pytest.fixture(scope="module")
+def bf16_printouts(peaked_settings, tmp_path_factory) -> dict[str, tuple[str, dict, object, object]]:
+    import dataclasses
+
+    backend = LocalBackend(dataclasses.replace(peaked_settings, dtype="bfloat16"))
+    cases = {case: request for case, (request, _) in CASES.items()} | EXTRA
+    return bot_and_script_printouts(backend, tmp_path_factory.mktemp("bf16"), {c: cases[c] for c in BF16_CASES})
+
+
+@pytest.mark.parametrize("case", BF16_CASES)
+def test_script_prints_what_the_bot_printed_in_bf16(bf16_printouts, case):
+    bot_text, ran, _, _ = bf16_printouts[case]
+    assert "error" not in ran, ran["error"]
+    assert (problem := same_printout(ran["stdout"], bot_text)) is None, problem
 
 
 @pytest.mark.parametrize("case", [*CASES, *EXTRA])

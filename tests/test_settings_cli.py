@@ -133,14 +133,23 @@ def test_invalid_setting_stops_start_with_one_line(tmp_path):
     ]
 
 
-def test_bench_runs_end_to_end_with_the_pipeline_peers(monkeypatch, tiny_env, capsys):
+def test_bench_runs_end_to_end_in_every_format_with_the_pipeline_peers(monkeypatch, tiny_env, capsys):
     """A smoke test of `bench` on the tiny models (speed is measured by hand, never asserted)."""
+    from bot import bench
     from tests.conftest import CACHE
 
-    argv = ["bench", "--size", "tiny", "--models-dir", str(CACHE), "--tasks", "sentiment", "--concurrency", "1,2",
-            "--requests", "4", "--peers"]
+    argv = ["bench", "--size", "tiny", "--models-dir", str(CACHE), "--tasks", "sentiment,generate", "--concurrency", "1,2",
+            "--requests", "4", "--peers", "--formats", "fp32,bf16,int8", "--generate-streams", "2", "--new-tokens", "2"]
     assert run_cli(monkeypatch, tiny_env, *argv) == 0
     out = capsys.readouterr().out
-    assert "| sentiment | 1 |" in out and "| sentiment | 2 |" in out
+    for fmt in ("fp32", "bf16", "int8"):
+        table = out.split(f"Executor in {fmt} against naive fp32:")[1].split("\n\n")[1]
+        assert [line.split(" | ")[1] for line in table.splitlines()[2:]] == ["1", "2"], table
+        assert f"{fmt} " in out.splitlines()[0]  # each format's own peak, measured in the run
+    auto = bench.auto_format("sentiment")
     [peers] = [line for line in out.splitlines() if line.startswith("| sentiment | ") and "clients) |" in line]
-    assert peers.count("|") == 10 and "(2 clients)" in peers
+    assert peers.count("|") == 10 and f"({auto}, 2 clients)" in peers
+    [goals] = [line for line in out.splitlines() if line.startswith(f"| sentiment | {auto} |")]
+    assert goals.count("|") == 9 and "2: " in goals
+    assert "| generate (executor bf16) | 2 |" in out and "| generate (executor int8)" not in out
+    assert "sentiment int8 vs fp32: same top label" in out

@@ -5,8 +5,9 @@
 
 Every accepted job ends exactly once: a result, or one of the errors in bot.inference.errors. Batches are
 formed as soon as a worker is free (no waiting window), from a window of queued jobs taken
-round-robin across users, sorted by length, and cut under a padded-token budget; the job of the
-user served least recently is always in the next batch, so nobody waits indefinitely.
+round-robin across users, sorted by length, and cut under a padded-token budget; the job that has
+been in line longest (a user's next job counts from that user's previous service) is always in the
+next batch, so nobody waits indefinitely.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bot.inference.errors import (
 )
 from bot.inference.jobs import JobTable
 from bot.inference.tasks import TASKS, BatchContext, Prepared
+from bot.inference.tasks.base import padded_width
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,8 +116,16 @@ class Lane:
             del self.last_served[user]
 
     def service_order(self) -> list[int]:
-        """Users least recently served first; ties go to the oldest waiting job."""
-        return sorted(self.by_user, key=lambda u: (self.last_served.get(u, 0.0), self.by_user[u][0].enqueued_at))
+        """Users by when their next job joined the line: its enqueue time, or, for a user with more
+        queued, when their previous job was served. One-job users are served in arrival order and a
+        flooding user takes turns; ranking by last service alone put a returning user behind every
+        newcomer, however long they had waited (the p99 tail in BENCHMARKS.md, #12)."""
+
+        def in_line_since(user: int) -> tuple[float, float]:
+            head = self.by_user[user][0].enqueued_at
+            return max(self.last_served.get(user, 0.0), head), head
+
+        return sorted(self.by_user, key=in_line_since)
 
     def window(self, size: int) -> list[Job]:
         """Up to `size` queued jobs, round-robin across users in service order."""
@@ -141,21 +151,29 @@ class Lane:
         return 0
 
 
-def cut_batch(window: list[Job], max_size: int, budget: int, max_padding: float = 0.2) -> list[Job]:
+def cut_batch(
+    window: list[Job], max_size: int, budget: int, max_padding: float = 0.2, same_width: bool = False
+) -> list[Job]:
     """The batch to run next: the window's first job (the anchor) plus the jobs nearest to it in
     length, while rows × padded length stays within `budget` tokens and padding stays under
-    `max_padding` of the real tokens (padding is computed like real tokens, and wasted)."""
+    `max_padding` of the real tokens (padding is computed like real tokens, and wasted).
+
+    `same_width`: only jobs padded to the anchor's own width, as each would be alone. In bf16 a row
+    padded wider rounds differently (scores moved by 0.1 %, BENCHMARKS.md); rows of one width give
+    bit-identical answers in any batch."""
     anchor = window[0]
     ordered = sorted(window, key=lambda j: j.prepared.sort_key)
     low = high = ordered.index(anchor)
     rows, longest, real = len(anchor.prepared.rows), anchor.prepared.longest, anchor.prepared.cost
+    width_alone = padded_width(longest)
 
     def fits(job: Job) -> bool:
         new_rows = rows + len(job.prepared.rows)
         width = max(longest, job.prepared.longest)
-        within_budget = new_rows * (-(-width // 8) * 8) <= budget
+        within_budget = new_rows * padded_width(width) <= budget
         little_padding = new_rows * width <= (1 + max_padding) * (real + job.prepared.cost)
-        return within_budget and little_padding
+        alike = not same_width or padded_width(job.prepared.longest) == width_alone
+        return within_budget and little_padding and alike
 
     while high - low + 1 < max_size:
         below = ordered[low - 1] if low > 0 else None
@@ -420,7 +438,9 @@ class Executor(JobTable):
                     window.append(job)
         if not window:
             return [], dropped
-        batch = cut_batch(window, self.max_batch_size, self.batch_token_budget, TASKS[lane.task].max_padding)
+        rule = getattr(self.backend, "batch_rule", lambda task: "any")(lane.task)  # what keeps answers as alone
+        batch = cut_batch(window, 1 if rule == "alone" else self.max_batch_size, self.batch_token_budget,
+                          TASKS[lane.task].max_padding, same_width=rule == "same width")
         for job in batch:
             lane.remove(job)
             job.started_at = now

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from bot.inference import fetch, hub, loading
-from bot.inference.device import device_memory, resolve_device, resolve_dtype
+from bot.inference.device import device_memory, dtype_name, native_bf16, resolve_device, resolve_dtypes
 from bot.inference.errors import ModelUnavailable
 from bot.inference.tasks import TASKS, BatchContext, ModelInfo, Prepared
 from bot.settings import Settings
@@ -42,7 +42,10 @@ class LocalBackend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.dtype = resolve_dtype(settings.dtype, self.device)
+        # Per task: DTYPE=auto on a CPU with native bf16 runs only some tasks in bf16 (bot.inference.device).
+        self.dtypes, self._dtype_choice = resolve_dtypes(
+            settings.dtype, self.device, tuple(TASKS), native_bf16() if self.device.type == "cpu" else None
+        )
         self.checkpoints = dict(settings.checkpoints)  # task → checkpoint; /admin reload changes it
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)  # process-wide: set once, by the one backend
@@ -214,7 +217,8 @@ class LocalBackend:
                     "auto_class": task.auto_class_name,
                     "checkpoint": self.checkpoints[name],
                     "device": str(self.device),
-                    "dtype": str(self.dtype).removeprefix("torch."),
+                    "dtype": dtype_name(self._dtype_of(key)),
+                    "dtype_reason": self.dtype_reason,
                     "quantize": self.settings.quantize if self._quantized() else "none",
                     "parameters": _count_parameters(self._view(name, loaded)) if loaded else None,
                     "memory_bytes": loaded.nbytes if loaded else None,
@@ -247,7 +251,40 @@ class LocalBackend:
 
     def precision(self, task: str) -> tuple[str, str]:
         """(dtype, quantize) the task's model runs in, as /models shows them."""
-        return str(self.dtype).removeprefix("torch."), self.settings.quantize if self._quantized() else "none"
+        return dtype_name(self._dtype_of(self._key(task))), self.settings.quantize if self._quantized() else "none"
+
+    @property
+    def dtype_reason(self) -> str:
+        """What DTYPE chose and why, and where a shared model overrides it (start-up log, /models)."""
+        return self._dtype_choice + self._shared_note()
+
+    def _shared_note(self) -> str:
+        """'; /embed float32 too: it shares /mask's model' where sharing overrides a task's dtype."""
+        notes = []
+        for task, wanted in self.dtypes.items():
+            key = self._key(task)
+            if self._dtype_of(key) != wanted:
+                owner = next(t for t in TASKS if self._key(t) == key and t != task)
+                notes.append(f"; /{task} {dtype_name(self._dtype_of(key))} too: it shares /{owner}'s model")
+        return "".join(notes)
+
+    def _dtype_of(self, key: tuple[str, str], loading_for: str | None = None) -> torch.dtype:
+        """The dtype a load key's model is loaded in: its tasks' dtype (with `loading_for`, the task
+        a checkpoint is being loaded for before /admin reload points it there); float32 if tasks
+        sharing it were given different ones (a /embed riding on /generate's checkpoint)."""
+        wanted = {self.dtypes[task] for task in TASKS if self._key(task) == key}
+        if loading_for is not None:
+            wanted.add(self.dtypes[loading_for])
+        return wanted.pop() if len(wanted) == 1 else torch.float32
+
+    def batch_rule(self, task: str) -> str:
+        """Which rows the executor may batch together so that answers stay the same as alone:
+        "any" in float32; "same width" in half precision, where padding wider changes the answer
+        (executor.cut_batch); "alone" with int8, whose activations are quantized with one scale per
+        batch (companions moved scores by 0.5 % even at one width)."""
+        if self._quantized():
+            return "alone"
+        return "any" if self._dtype_of(self._key(task)) == torch.float32 else "same width"
 
     def _quantized(self) -> bool:
         return self.settings.quantize == "int8" and self.device.type == "cpu"
@@ -259,14 +296,18 @@ class LocalBackend:
         auto_class = getattr(transformers, class_name)
         self._download(task, checkpoint)  # `models --load` comes here first: show its progress too
         started = time.perf_counter()
-        log.info("Loading %s with %s on %s (%s)", checkpoint, class_name, self.device, self.dtype)
+        dtype = self._dtype_of(key, loading_for=task)
+        log.info("Loading %s with %s on %s (%s)", checkpoint, class_name, self.device, dtype_name(dtype))
+        # Loaded in float32, cast afterwards: from_pretrained(dtype=…) switches torch's process-wide
+        # default dtype while it runs, and another task's model running meanwhile would create its
+        # tensors in it (seen: /translate's beam search failing on bf16 biases during a bf16 load).
         try:
-            model = _load(task, checkpoint, auto_class.from_pretrained, dtype=self.dtype, attn_implementation="sdpa")
+            model = _load(task, checkpoint, auto_class.from_pretrained, dtype=torch.float32, attn_implementation="sdpa")
         except ModelUnavailable as err:
             if "sdpa" not in str(err.detail).lower():
                 raise
-            model = _load(task, checkpoint, auto_class.from_pretrained, dtype=self.dtype)
-        model = model.to(self.device).eval()
+            model = _load(task, checkpoint, auto_class.from_pretrained, dtype=torch.float32)
+        model = cast(model, self.device, dtype).eval()
         if self._quantized():
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
@@ -299,6 +340,20 @@ def _load(task: str, checkpoint: str, loader, **options):
             f"The /{task} model is unavailable right now.",
             detail=hub.explain(task, checkpoint, err),
         ) from err
+
+
+def cast(model, device: torch.device, dtype: torch.dtype):
+    """The model on `device` in `dtype`, except the modules its class keeps in float32 in half
+    precision (as from_pretrained(dtype=…) would leave them, e.g. T5's `wo`)."""
+    model = model.to(device=device, dtype=dtype)
+    keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+    if dtype == torch.float16:
+        keep |= set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    if keep and dtype != torch.float32:
+        for name, module in model.named_modules():
+            if keep & set(name.split(".")):
+                module.float()
+    return model
 
 
 def _max_length(tokenizer, config) -> int:

@@ -76,6 +76,7 @@ class RayBackend:
                 "checkpoint": self.checkpoints[name],
                 "device": ", ".join(sorted({m["device"] for m in models})) or "ray",
                 "dtype": first.get("dtype", "?"),
+                "dtype_reason": first.get("dtype_reason", ""),
                 "quantize": first.get("quantize", "none"),
                 "parameters": first.get("parameters"),
                 "memory_bytes": sum(m["memory_bytes"] or 0 for m in models) or None,

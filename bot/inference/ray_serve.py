@@ -77,6 +77,7 @@ class ModelGroup:
         cpus = max(settings.ray_cpus.get(t, 1.0) for t in tasks)
         torch.set_num_threads(settings.torch_threads or (int(cpus) if cpus >= 1 else os.cpu_count() or 1))
         self.backend = LocalBackend(settings)
+        log.info("%s", self.backend.dtype_reason)  # the replica's CPU decides DTYPE=auto here, not the bot's
         for task in tasks:
             self.backend.warm_up(task)  # the replica is ready when its models are
         self.executor = Executor(settings, self.backend)

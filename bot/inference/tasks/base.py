@@ -150,12 +150,19 @@ def encoding_row(encoding: Any, index: int | None = None) -> dict[str, list[int]
     return {k: list(encoding[k][index]) for k in keys if k in encoding}
 
 
+PAD_MULTIPLE = 8  # rows are padded to a multiple of this, alone or batched
+
+
+def padded_width(tokens: int) -> int:
+    """The width a row of `tokens` is padded to (a multiple of 8, which tensor cores and CPU kernels prefer)."""
+    return -(-tokens // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
 def pad_rows(
     rows: Sequence[dict[str, list[int]]], pad_id: int, device: torch.device | str, side: str = "right"
 ) -> dict[str, torch.Tensor]:
-    """Pad rows to a common length (a multiple of 8, which tensor cores and CPU kernels prefer)."""
-    longest = max(len(r["input_ids"]) for r in rows)
-    width = -(-longest // 8) * 8
+    """Pad rows to a common length, padded_width of the longest."""
+    width = padded_width(max(len(r["input_ids"]) for r in rows))
     out: dict[str, torch.Tensor] = {}
     for key in rows[0]:
         fill = pad_id if key == "input_ids" else 0

@@ -20,6 +20,7 @@ from bot.inference.tasks.base import (
     flatten_rows,
     model_device,
     pad_rows,
+    padded_width,
     split_counts,
 )
 
@@ -79,7 +80,7 @@ def new_token_budget(source_tokens: int, limit: int) -> int:
     """Most tokens a translation of `source_tokens` may have: twice the source (rounded up to a
     multiple of 8, so rows of similar length share a generate call) plus 16, within the model's
     positions. It depends on the row alone, never on its batch."""
-    return min(limit, 2 * (-(-source_tokens // 8) * 8) + 16)
+    return min(limit, 2 * padded_width(source_tokens) + 16)
 
 
 def pack_chunks(text: str, count_tokens, limit: int) -> list[str]:

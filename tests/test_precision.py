@@ -90,6 +90,11 @@ def test_a_load_never_switches_torchs_default_dtype(tiny_env, bf16_cpu, monkeypa
     assert seen and set(seen) == {torch.float32}
 
 
+def test_auto_with_int8_keeps_float32_around_the_int8_layers(tiny_env, bf16_cpu):
+    backend = LocalBackend(load_settings(dict(tiny_env, QUANTIZE="int8")))
+    assert backend.precision("sentiment") == ("float32", "int8") and "QUANTIZE=int8" in backend.dtype_reason
+
+
 def test_half_precision_keeps_the_modules_a_class_keeps_in_float32():
     from bot.inference.local import cast
 

@@ -46,6 +46,9 @@ class LocalBackend:
         self.dtypes, self._dtype_choice = resolve_dtypes(
             settings.dtype, self.device, tuple(TASKS), native_bf16() if self.device.type == "cpu" else None
         )
+        if self._quantized() and settings.dtype == "auto":  # int8 Linear layers take float32 around them
+            self.dtypes = dict.fromkeys(TASKS, torch.float32)
+            self._dtype_choice = "DTYPE=auto with QUANTIZE=int8: float32 around the int8 Linear layers"
         self.checkpoints = dict(settings.checkpoints)  # task → checkpoint; /admin reload changes it
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)  # process-wide: set once, by the one backend

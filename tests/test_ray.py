@@ -151,23 +151,6 @@ async def test_generate_streams_and_cancel_stops_the_row_on_the_replica(executor
     await wait_until(lambda: replica_cancelled() >= 1, "the replica's executor to count the cancel", timeout=15)
 
 
-async def test_a_request_answered_at_once_sends_its_result_as_the_first_event(executor):
-    """#11: a job next in line that ends within FIRST_EVENT_WAIT skips the "queued" event (one round
-    trip fewer per request); one that has to wait still says "queued" first, then its result."""
-
-    async def events(task, request, user_id) -> list[str]:
-        stream = executor._handles[task].options(stream=True).run.remote(task, request, user_id, 60.0)
-        return [event[0] async for event in stream]
-
-    assert await events("sentiment", SentimentRequest("quick"), 1) == ["result"]
-    blocker = await executor.enqueue("generate", GenerateRequest("Hold the worker", max_new_tokens=200, seed=5),
-                                     user_id=2)
-    await wait_until(lambda: blocker.started_at, "the blocking batch to start")
-    waited = await events("generate", GenerateRequest("Behind it", max_new_tokens=2, seed=1), 3)
-    assert waited[0] == "queued" and waited[-1] == "result", waited
-    await executor.wait(blocker)
-
-
 async def test_an_expired_deadline_is_reported_not_computed(executor):
     """A request whose deadline passes while it waits behind a running batch is dropped on the
     replica (its deadline travels as seconds remaining) and ends as DeadlineExceeded."""

@@ -36,9 +36,6 @@ APP_NAME = "automodel-bot"
 BOARD_NAME = "automodel-bot-board"
 NAMESPACE = "automodel-bot"
 POSITION_INTERVAL = 1.0  # seconds between place-in-line updates of a waiting request
-# A job next in line usually ends within this: its result is then the stream's first event, and the
-# "queued" event's round trip (a good part of INFERENCE=ray's per-request cost, #11) is saved.
-FIRST_EVENT_WAIT = 0.2
 REPORT_INTERVAL = 1.0  # seconds between a replica's reports to the board
 STALE_AFTER = 10.0  # a replica silent this long (dead, or being replaced) leaves the board
 CONNECT_TIMEOUT = 60.0  # seconds ray.init may take to join a cluster
@@ -112,11 +109,7 @@ class ModelGroup:
             yield ("error", to_wire(err))
             return
         try:
-            if self.executor.position(job)[0] <= 1:
-                await asyncio.wait({job.future}, timeout=FIRST_EVENT_WAIT)
-            answered = job.future.done() and not job.future.cancelled() and job.future.exception() is None
-            if not answered:  # a first "error" would read as a refusal: an accepted job says "queued" first
-                yield ("queued", *self.executor.position(job))
+            yield ("queued", *self.executor.position(job))
             while not job.future.done():
                 getter = asyncio.ensure_future(progress.get())
                 done, _ = await asyncio.wait({getter, job.future}, timeout=POSITION_INTERVAL,

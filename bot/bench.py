@@ -243,7 +243,8 @@ FORMATS = {"fp32": ("float32", "none"), "bf16": ("bfloat16", "none"), "int8": ("
 
 
 def auto_format(task: str) -> str:
-    """The format DTYPE=auto picks for a task on this machine's CPU (the product's default)."""
+    """The format DTYPE=auto picks for a task with a model of its own on this machine's CPU (as
+    the bench runs it; a model shared with another task takes fp32 when their formats differ)."""
     from bot.inference.device import native_bf16, resolve_dtypes
 
     dtypes, _ = resolve_dtypes("auto", torch.device("cpu"), (task,), native_bf16())

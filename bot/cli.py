@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _formats(value: str) -> str:
+    unknown = [f for f in (part.strip() for part in value.split(",")) if f and f not in ("fp32", "bf16", "int8")]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown format(s) {', '.join(unknown)}: choose from fp32, bf16, int8")
+    return value
+
+
 def bench_arguments(parser: argparse.ArgumentParser) -> None:
     """`bench`'s options, here so that building the parser imports no torch (a fast --help)."""
     parser.add_argument("--tasks", default="sentiment,embed,ner,generate", help="comma-separated tasks")
@@ -71,7 +78,7 @@ def bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=0.0, help="also run open-loop Poisson arrivals at this rate (req/s)")
     parser.add_argument("--size", choices=("real", "tiny"), default="real", help="model sizes (real = bert-base etc.)")
     parser.add_argument("--models-dir", type=Path, default=Path.home() / ".cache" / "automodel-bot" / "bench-models")
-    parser.add_argument("--formats", default="fp32",
+    parser.add_argument("--formats", default="fp32", type=_formats,
                         help="executor formats to measure against naive fp32, in one run: fp32, bf16, int8")
     parser.add_argument("--quantize", action="store_true", help="also measure QUANTIZE=int8 (same as adding int8 to --formats)")
     parser.add_argument("--generate-streams", default="1,8,16", help="concurrent /generate streams to compare")

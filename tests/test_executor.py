@@ -26,6 +26,7 @@ from bot.inference.errors import (
 )
 from bot.inference.executor import Executor, cut_batch
 from bot.inference.local import LocalBackend
+from bot.inference.tasks.base import Prepared
 from bot.inference.tasks.generate import GenerateRequest
 from bot.inference.tasks.sentiment import SentimentRequest
 from tests.faults import InjectingBackend
@@ -93,22 +94,8 @@ async def test_max_batch_size_one_turns_batching_off(tiny_settings, real_backend
         await executor.shutdown()
 
 
-@dataclasses.dataclass
-class FakePrepared:
-    sort_key: int
-    rows: list
-
-    @property
-    def longest(self) -> int:
-        return max(len(r["input_ids"]) for r in self.rows)
-
-    @property
-    def cost(self) -> int:
-        return sum(len(r["input_ids"]) for r in self.rows)
-
-
 def job_of_length(n: int) -> executor_module.Job:
-    prepared = FakePrepared(n, [{"input_ids": [0] * n}])
+    prepared = Prepared(None, [{"input_ids": [0] * n}], sort_key=n)
     return executor_module.Job(0, "t", 0, prepared, None, 0.0, 0.0)
 
 

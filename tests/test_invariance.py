@@ -13,7 +13,6 @@ import dataclasses
 
 import pytest
 
-from bot.inference.device import CPU_BF16_TASKS
 from bot.inference.executor import Executor
 from bot.inference.local import LocalBackend
 from bot.inference.tasks import ask, embed, generate, mask, ner, sentiment, translate
@@ -41,20 +40,11 @@ def peaked_backend(peaked_settings) -> LocalBackend:
     return LocalBackend(dataclasses.replace(peaked_settings, dtype="float32"))
 
 
-@pytest.fixture(scope="module")
-def peaked_bf16_backend(peaked_settings) -> LocalBackend:
-    return LocalBackend(dataclasses.replace(peaked_settings, dtype="bfloat16"))
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_answer_is_the_same_alone_and_anywhere_in_a_batch(peaked_backend, case):
     assert differences_in_batches(peaked_backend, case) == []
 
 
-# DTYPE=auto runs these tasks in bf16 on CPUs with native bf16 (#12): the promise holds there too.
-@pytest.mark.parametrize("case", [case for case in CASES if task_of(case) in CPU_BF16_TASKS])
-def test_answer_is_the_same_whatever_the_batch_in_bf16(peaked_bf16_backend, case):
-    assert differences_in_batches(peaked_bf16_backend, case) == []
 
 
 def test_translate_budget_depends_on_the_row_alone(peaked_backend):
@@ -73,18 +63,18 @@ MIXED_TEXTS = [" ".join(["the bridge in Paris was wonderful said Alice"[i % 40:]
                for n in (2, 3, 4, 5, 6, 7, 9, 11, 13, 15, 18, 21, 25, 28, 31)]
 
 
-async def through_the_executor(settings, texts: list[str]) -> tuple[list, list, list[int]]:
-    """Each text alone (straight to the backend), and all of them queued at once through the
+async def through_the_executor(settings, requests: list, task: str = "sentiment") -> tuple[list, list, list[int]]:
+    """Each request alone (straight to the backend), and all of them queued at once through the
     executor: (alone, batched, the sizes of the batches run)."""
     from tests.faults import InjectingBackend
 
     backend = InjectingBackend(LocalBackend(settings))
-    alone = [run(backend.real, "sentiment", [sentiment.SentimentRequest(text)])[0] for text in texts]
+    alone = [run(backend.real, task, [request])[0] for request in requests]
     executor = Executor(settings, backend)
     await executor.start()
     try:
         backend.gate.clear()  # let the queue fill: one window holds every width
-        jobs = [await executor.enqueue("sentiment", sentiment.SentimentRequest(t), user_id=i) for i, t in enumerate(texts)]
+        jobs = [await executor.enqueue(task, request, user_id=i) for i, request in enumerate(requests)]
         backend.gate.set()
         batched = await asyncio.gather(*(executor.wait(job) for job in jobs))
     finally:
@@ -98,16 +88,29 @@ async def test_bf16_batches_only_rows_of_one_width_so_answers_are_bit_identical(
     with rows of the same padded width, where answers are bit-identical to alone."""
     settings = dataclasses.replace(peaked_settings, dtype="bfloat16", max_queued_per_user=100)
     assert LocalBackend(settings).batch_rule("sentiment") == "same width"
-    alone, batched, sizes = await through_the_executor(settings, MIXED_TEXTS * 2)
+    alone, batched, sizes = await through_the_executor(settings, [sentiment.SentimentRequest(t) for t in MIXED_TEXTS * 2])
     assert max(sizes) > 1  # it did batch
     assert [r.scores for r in batched] == [r.scores for r in alone]  # exactly
+
+
+async def test_bf16_generation_batches_by_prompt_width_not_prompt_plus_new_tokens(peaked_settings):
+    """A generation row is padded to its prompt's width (the new tokens are not padding): prompts
+    of 7 and 9 tokens pad to 8 and 16 alone, so they must not share a batch, although with 12 new
+    tokens both need 24 positions."""
+    settings = dataclasses.replace(peaked_settings, dtype="bfloat16", max_queued_per_user=100)
+    prompts = [" ".join(["the bridge in Paris was wonderful said Alice"] * 3)[: 4 * n] for n in range(2, 14)]
+    requests = [generate.GenerateRequest(p, max_new_tokens=12, temperature=t, seed=7) for p in prompts for t in (0.0, 0.9)]
+    alone, batched, sizes = await through_the_executor(settings, requests, task="generate")
+    assert max(sizes) > 1
+    assert [r.text for r in batched] == [r.text for r in alone]
+    assert [r.tokens for r in batched] == [r.tokens for r in alone]
 
 
 async def test_int8_runs_requests_one_at_a_time_so_answers_are_the_same_as_alone(peaked_settings):
     """Dynamic int8 quantizes a whole batch's activations with one scale: any companion moves the
     answer (0.5 % of a score on real-size distilbert). QUANTIZE=int8 lanes run requests alone."""
     settings = dataclasses.replace(peaked_settings, dtype="float32", quantize="int8", max_queued_per_user=100)
-    alone, batched, sizes = await through_the_executor(settings, MIXED_TEXTS)
+    alone, batched, sizes = await through_the_executor(settings, [sentiment.SentimentRequest(t) for t in MIXED_TEXTS])
     assert set(sizes) == {1}
     assert [r.scores for r in batched] == [r.scores for r in alone]
 
@@ -128,12 +131,6 @@ def _without_attention_mask(rows, pad_id, device, side="right"):
 def test_a_dropped_attention_mask_is_caught(peaked_backend, monkeypatch, case):
     monkeypatch.setattr(TASK_MODULES[task_of(case)], "pad_rows", _without_attention_mask)
     assert differences_in_batches(peaked_backend, case), "padding leaked into attention, yet no answer changed"
-
-
-@pytest.mark.parametrize("case", [case for case in CASES if task_of(case) in CPU_BF16_TASKS])
-def test_a_dropped_attention_mask_is_caught_in_bf16(peaked_bf16_backend, monkeypatch, case):
-    monkeypatch.setattr(TASK_MODULES[task_of(case)], "pad_rows", _without_attention_mask)
-    assert differences_in_batches(peaked_bf16_backend, case), "padding leaked into attention, yet no answer changed"
 
 
 def test_a_translate_budget_taken_from_the_batch_is_caught(peaked_backend, monkeypatch):

@@ -69,8 +69,10 @@ def test_models_load_in_the_chosen_dtype_and_say_why(tiny_env, bf16_cpu):
     assert "/embed float32 too: it shares /mask's model" in backend.dtype_reason
 
 
-def test_embed_on_a_checkpoint_of_its_own_runs_in_bf16(tiny_env, tiny_checkpoints, bf16_cpu):
-    """/embed riding on /sentiment's checkpoint shares its bf16 weights; on /generate's, float32."""
+def test_embed_on_its_own_or_a_bf16_tasks_checkpoint_runs_in_bf16(tiny_env, tiny_checkpoints, peaked_checkpoints, bf16_cpu):
+    """/embed on a checkpoint of its own, or riding on /sentiment's, runs in bf16; on /generate's, float32."""
+    alone = LocalBackend(load_settings(dict(tiny_env, MODEL_EMBED=str(peaked_checkpoints["embed"]))))
+    assert alone.precision("embed") == ("bfloat16", "none") and "shares" not in alone.dtype_reason
     on_sentiment = LocalBackend(load_settings(dict(tiny_env, MODEL_EMBED=str(tiny_checkpoints["sentiment"]))))
     assert on_sentiment.precision("embed") == ("bfloat16", "none") and "shares" not in on_sentiment.dtype_reason
     on_generate = LocalBackend(load_settings(dict(tiny_env, MODEL_EMBED=str(tiny_checkpoints["generate"]))))

@@ -133,6 +133,12 @@ def test_invalid_setting_stops_start_with_one_line(tmp_path):
     ]
 
 
+def test_bench_refuses_an_unknown_format_before_building_anything(monkeypatch, tiny_env, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(monkeypatch, tiny_env, "bench", "--formats", "fp32,fp16")
+    assert exit_info.value.code == 2 and "unknown format(s) fp16" in capsys.readouterr().err
+
+
 def test_bench_runs_end_to_end_in_every_format_with_the_pipeline_peers(monkeypatch, tiny_env, capsys):
     """A smoke test of `bench` on the tiny models (speed is measured by hand, never asserted)."""
     from bot import bench

@@ -165,14 +165,14 @@ def cut_batch(
     ordered = sorted(window, key=lambda j: j.prepared.sort_key)
     low = high = ordered.index(anchor)
     rows, longest, real = len(anchor.prepared.rows), anchor.prepared.longest, anchor.prepared.cost
-    width_alone = padded_width(longest)
+    width_alone = padded_width(anchor.prepared.input_width)  # the prompt's, for generation
 
     def fits(job: Job) -> bool:
         new_rows = rows + len(job.prepared.rows)
         width = max(longest, job.prepared.longest)
         within_budget = new_rows * padded_width(width) <= budget
         little_padding = new_rows * width <= (1 + max_padding) * (real + job.prepared.cost)
-        alike = not same_width or padded_width(job.prepared.longest) == width_alone
+        alike = not same_width or padded_width(job.prepared.input_width) == width_alone
         return within_budget and little_padding and alike
 
     while high - low + 1 < max_size:

@@ -41,7 +41,12 @@ class Prepared:
 
     @property
     def longest(self) -> int:
-        return max(len(row["input_ids"]) for row in self.rows) + self.generated
+        return self.input_width + self.generated
+
+    @property
+    def input_width(self) -> int:
+        """Tokens of the longest row as the model reads it in (what pad_rows pads)."""
+        return max(len(row["input_ids"]) for row in self.rows)
 
 
 @dataclass

@@ -159,9 +159,8 @@ def cut_batch(
     `max_padding` of the real tokens (padding is computed like real tokens, and wasted).
 
     `same_width`: only jobs padded to the anchor's own width, as each would be alone. In bf16 a row
-    padded wider rounds differently (scores moved by up to 0.05 % on real-size distilbert, BENCHMARKS.md);
-    rows of one width give
-    bit-identical answers in any batch."""
+    padded wider rounds differently (scores moved by up to 0.05 % on real-size distilbert,
+    BENCHMARKS.md); rows of one width give bit-identical answers in any batch."""
     anchor = window[0]
     ordered = sorted(window, key=lambda j: j.prepared.sort_key)
     low = high = ordered.index(anchor)

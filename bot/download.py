@@ -18,7 +18,7 @@ from bot.settings import Settings
 
 EXIT_FAILED = 3  # the same code as a checkpoint that cannot be loaded (bot.cli.EXIT_UNAVAILABLE)
 
-# Weights for other frameworks: large, and never read by this bot.
+
 def shown_checkpoint(checkpoint: str, full: bool) -> str:
     """A checkpoint as a user may see it: a local checkpoint's full path only when `full` (owners);
     others see its folder name (the layout of the host's disk is nobody else's business)."""
@@ -60,16 +60,6 @@ def _fetch(checkpoint: str, cache_only: bool) -> str:
 
     if cache_only:  # what is cached already, or LocalEntryNotFoundError
         return snapshot_download(checkpoint, ignore_patterns=OTHER_FRAMEWORKS, local_files_only=True)
-    shown = -1
-
-    def progress(done: int, total: int) -> None:  # a line per tenth: readable in a log, too
-        nonlocal shown
-        if total and 10 * done // total > shown:
-            shown = 10 * done // total
-            print(hub.download_text(checkpoint, done, total), flush=True)
-
-    return fetch.fetch(checkpoint, progress)
-
-
-def _report(checkpoint: str, reason: str) -> None:
-    print(f"automodel-bot: {checkpoint}: {reason}", file=sys.stderr, flush=True)
+    return fetch.fetch(
+        checkpoint, fetch.each_tenth(lambda done, total: print(hub.download_text(checkpoint, done, total), flush=True))
+    )

@@ -264,3 +264,15 @@ def test_in_process_with_monkeypatched_constants(hub, tiny_checkpoints, tmp_path
     hub.requests.clear()
     assert AutoConfig.from_pretrained(REPO, force_download=True).num_labels == 2
     assert ("GET", "/api/models/fake-org/tiny-sst2") in [(r.method, r.path) for r in hub.requests]
+
+
+def test_each_tenth_reports_once_per_tenth_of_the_total():
+    from bot.inference.fetch import each_tenth
+
+    reported: list[tuple[int, int]] = []
+    progress = each_tenth(lambda done, total: reported.append((done, total)))
+    progress(0, 0)  # nothing known yet: nothing to say
+    for done in range(0, 1001, 7):
+        progress(done, 1000)
+    progress(1000, 1000)
+    assert [10 * done // total for done, total in reported] == list(range(11))

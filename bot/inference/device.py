@@ -52,12 +52,14 @@ def native_bf16(cpuinfo: str | None = None) -> str | None:
 
 
 def resolve_dtypes(
-    setting: str, device: torch.device, tasks: tuple[str, ...], cpu_bf16: str | None = None
+    setting: str, device: torch.device, tasks: tuple[str, ...], cpu_bf16: str | None = None, quantized: bool = False
 ) -> tuple[dict[str, torch.dtype], str]:
     """The dtype of each task's model, and one line saying what was chosen and why (start-up log,
-    /models). `cpu_bf16`: native_bf16()'s answer for this machine."""
+    /models). `cpu_bf16`: native_bf16()'s answer for this machine; `quantized`: QUANTIZE=int8 applies."""
     if setting != "auto":
         return dict.fromkeys(tasks, getattr(torch, setting)), f"DTYPE={setting}: {setting} for every task, as set"
+    if quantized:  # int8 Linear layers take float32 around them
+        return dict.fromkeys(tasks, torch.float32), "DTYPE=auto with QUANTIZE=int8: float32 around the int8 Linear layers"
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return dict.fromkeys(tasks, dtype), f"DTYPE=auto: {dtype_name(dtype)} on this GPU"

@@ -35,6 +35,20 @@ def ignore_patterns(files: list[str]) -> list[str]:
     return patterns
 
 
+def each_tenth(report: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    """An on_progress for fetch() that calls report(done, total) only when the download passes
+    another tenth of its total: ten lines per checkpoint, readable in a log."""
+    shown = -1
+
+    def progress(done: int, total: int) -> None:
+        nonlocal shown
+        if total and 10 * done // total > shown:
+            shown = 10 * done // total
+            report(done, total)
+
+    return progress
+
+
 REPORT_EVERY = 0.5  # seconds between progress reports (a chat message edit per report is plenty)
 
 

@@ -44,11 +44,9 @@ class LocalBackend:
         self.device = resolve_device(settings.device)
         # Per task: DTYPE=auto on a CPU with native bf16 runs only some tasks in bf16 (bot.inference.device).
         self.dtypes, self._dtype_choice = resolve_dtypes(
-            settings.dtype, self.device, tuple(TASKS), native_bf16() if self.device.type == "cpu" else None
+            settings.dtype, self.device, tuple(TASKS), native_bf16() if self.device.type == "cpu" else None,
+            quantized=self._quantized(),
         )
-        if self._quantized() and settings.dtype == "auto":  # int8 Linear layers take float32 around them
-            self.dtypes = dict.fromkeys(TASKS, torch.float32)
-            self._dtype_choice = "DTYPE=auto with QUANTIZE=int8: float32 around the int8 Linear layers"
         self.checkpoints = dict(settings.checkpoints)  # task → checkpoint; /admin reload changes it
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)  # process-wide: set once, by the one backend
@@ -131,15 +129,12 @@ class LocalBackend:
         1.3 GB: without this the reply says "thinking…" for minutes."""
         if hub.is_local(checkpoint) or hub.offline() or not hub.hub_reachable() or fetch.is_cached(checkpoint):
             return
-        logged = -1
+        log_tenth = fetch.each_tenth(lambda done, total: log.info("%s", hub.download_text(checkpoint, done, total)))
 
         def progress(done: int, total: int) -> None:
-            nonlocal logged
             with self._lock:
                 self._downloads[checkpoint] = (done, total)
-            if total and 10 * done // total > logged:
-                logged = 10 * done // total
-                log.info("%s", hub.download_text(checkpoint, done, total))
+            log_tenth(done, total)
 
         progress(0, 0)
         try:
@@ -210,19 +205,21 @@ class LocalBackend:
     def describe(self) -> list[dict[str, Any]]:
         """Per task: Auto class, checkpoint, device, dtype, parameters, loaded (for /models, metrics)."""
         rows = []
+        reason = self.dtype_reason  # the same line for every row
         for name, task in TASKS.items():
             key = self._key(name)
             with self._lock:
                 loaded = self._models.get(key)
+            dtype, quantize = self.precision(name)
             rows.append(
                 {
                     "task": name,
                     "auto_class": task.auto_class_name,
                     "checkpoint": self.checkpoints[name],
                     "device": str(self.device),
-                    "dtype": dtype_name(self._dtype_of(key)),
-                    "dtype_reason": self.dtype_reason,
-                    "quantize": self.settings.quantize if self._quantized() else "none",
+                    "dtype": dtype,
+                    "dtype_reason": reason,
+                    "quantize": quantize,
                     "parameters": _count_parameters(self._view(name, loaded)) if loaded else None,
                     "memory_bytes": loaded.nbytes if loaded else None,
                     "loaded": loaded is not None,

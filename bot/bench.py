@@ -251,8 +251,8 @@ def auto_format(task: str) -> str:
     return "bf16" if dtypes[task] == torch.bfloat16 else "fp32"
 
 
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f}"
+def _ms(seconds: float, digits: int = 0) -> str:
+    return f"{seconds * 1000:.{digits}f}"
 
 
 def format_rows(task: str, fmt: str, runs: list[dict[str, Measurement]], peaks: dict[str, float]) -> list[str]:
@@ -516,14 +516,17 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
         await measure_sides(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), 0.0)
         for clients in [int(c) for c in args.concurrency.split(",")]
     ]
-    handle = serve.get_deployment_handle(ray_serve.deployment_of(settings)[task],
-                                         app_name=ray_serve.app_name(ray_serve.deployment_of(settings)[task]))
-    pings = []
+    group = ray_serve.deployment_of(settings)[task]
+    handle = serve.get_deployment_handle(group, app_name=ray_serve.app_name(group))
+    # The transport alone, both ways a handle can carry a call, alternating: through Ray's object
+    # store (Serve's default) and over the replica's gRPC server (what RayExecutor uses).
+    pings: dict[str, list[float]] = {"object store": [], "gRPC": []}
+    ways = {"object store": handle.options(_by_reference=True), "gRPC": handle.options(_by_reference=False)}
     for _ in range(200):
-        began = time.perf_counter()
-        await handle.ping.remote()
-        pings.append(time.perf_counter() - began)
-    pings.sort()
+        for way, h in ways.items():
+            began = time.perf_counter()
+            await h.ping.remote()
+            pings[way].append(time.perf_counter() - began)
     await local.shutdown()
     await remote.shutdown()
     import ray
@@ -537,7 +540,7 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
             f"{_ms(here.quantile(0.5))} / {_ms(here.quantile(0.99))} | {_ms(there.quantile(0.5))} / {_ms(there.quantile(0.99))} | "
             f"{overhead[0] * 1000:+.1f} / {overhead[1] * 1000:+.1f} |"
         )
-    return rows, {"ping_p50": pings[len(pings) // 2] * 1000, "ping_p99": pings[int(len(pings) * 0.99)] * 1000}
+    return rows, {way: (_ms(sorted(p)[len(p) // 2], 1), _ms(sorted(p)[int(len(p) * 0.99)], 1)) for way, p in pings.items()}
 
 
 def machine_line(args: argparse.Namespace, peaks: dict[str, float]) -> str:
@@ -559,8 +562,8 @@ async def bench_on_ray(args, settings, tasks, checkpoints, rng) -> list[str]:
         if task in ENCODER_TASKS:
             rows, extra = await bench_ray(task, checkpoints[task], settings, args, rng)
             lines += rows
-            notes.append(f"- {task}: handle round trip of a call that does no work: p50 {extra['ping_p50']:.1f} ms, "
-                         f"p99 {extra['ping_p99']:.1f} ms")
+            notes.append(f"- {task}: handle round trip of a call that does no work, p50 / p99 ms: "
+                         + "; ".join(f"{way} {p50} / {p99}" for way, (p50, p99) in extra.items()))
     return [*lines, "", *notes]
 
 

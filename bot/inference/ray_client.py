@@ -142,7 +142,10 @@ class RayExecutor(JobTable):
             await asyncio.to_thread(ray_serve.wait_running, [ray_serve.app_name(g) for g in set(groups.values())], 60.0)
         self._board = ray_serve.ensure_board()
         for task, group in groups.items():
-            self._handles[task] = serve.get_deployment_handle(group, app_name=ray_serve.app_name(group))
+            # _by_reference=False: arguments and events go to the replica over its gRPC server
+            # instead of through Ray's object store (a fraction of the CPU per call, BENCHMARKS.md).
+            handle = serve.get_deployment_handle(group, app_name=ray_serve.app_name(group))
+            self._handles[task] = handle.options(_by_reference=False)
         self._refresher = asyncio.ensure_future(self._refresh_forever())
 
     async def shutdown(self, grace: float = 10.0) -> None:

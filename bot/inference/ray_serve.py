@@ -40,6 +40,15 @@ REPORT_INTERVAL = 1.0  # seconds between a replica's reports to the board
 STALE_AFTER = 10.0  # a replica silent this long (dead, or being replaced) leaves the board
 CONNECT_TIMEOUT = 60.0  # seconds ray.init may take to join a cluster
 
+# Serve's request path, tuned for callers that are handles (no HTTP proxy). Serve's defaults run
+# the router in a loop of its own in the caller and the user's code in a loop of its own in the
+# replica: each message then crosses threads twice. Our executor already runs models in threads of
+# its own, so both stay on the main loop (BENCHMARKS.md "INFERENCE=ray": about 3x less CPU per
+# call). Read when ray.serve is imported, so set here, before that; an operator's value wins.
+# Replicas get them through runtime_env (a remote cluster does not share this process's env).
+SERVE_ENV = {name: os.environ.setdefault(name, "0")
+             for name in ("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD")}
+
 
 def model_groups(settings: Settings) -> dict[str, tuple[str, ...]]:
     """Deployment name → the tasks it serves: tasks naming the same checkpoint share one."""
@@ -232,7 +241,10 @@ def group_application(settings: Settings, name: str, tasks: tuple[str, ...]) -> 
         "ray_actor_options": {
             "num_cpus": max(settings.ray_cpus.get(t, 1.0) for t in tasks),
             "num_gpus": max(settings.ray_gpus.get(t, 0.0) for t in tasks),
+            "runtime_env": {"env_vars": dict(SERVE_ENV)},
         },
+        # The bot logs every request itself; Serve's line per call cost CPU on the replica's cores.
+        "logging_config": {"enable_access_log": False},
         "health_check_period_s": 2,
         "graceful_shutdown_timeout_s": settings.shutdown_grace,
     }

@@ -516,6 +516,7 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
         await measure_sides(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), 0.0)
         for clients in [int(c) for c in args.concurrency.split(",")]
     ]
+    paired = await paired_overhead(sides, requests)
     group = ray_serve.deployment_of(settings)[task]
     handle = serve.get_deployment_handle(group, app_name=ray_serve.app_name(group))
     # The transport alone, both ways a handle can carry a call, alternating: through Ray's object
@@ -540,7 +541,25 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
             f"{_ms(here.quantile(0.5))} / {_ms(here.quantile(0.99))} | {_ms(there.quantile(0.5))} / {_ms(there.quantile(0.99))} | "
             f"{overhead[0] * 1000:+.1f} / {overhead[1] * 1000:+.1f} |"
         )
-    return rows, {way: (_ms(sorted(p)[len(p) // 2], 1), _ms(sorted(p)[int(len(p) * 0.99)], 1)) for way, p in pings.items()}
+    return rows, {"paired": paired,
+                  "pings": {way: (_ms(sorted(p)[len(p) // 2], 1), _ms(sorted(p)[int(len(p) * 0.99)], 1))
+                            for way, p in pings.items()}}
+
+
+async def paired_overhead(sides: dict, requests: list, pairs: int = 100) -> tuple[float, float]:
+    """Per-request overhead as the median (and p90) of ray - local on the same request, one client,
+    the two sides taking turns going first: unlike a difference of two p50s over a mix of lengths,
+    this does not move with which texts landed near the middle."""
+    differences = []
+    for i in range(pairs):
+        request, took = requests[i % len(requests)], {}
+        for side in (("local", "ray") if i % 2 else ("ray", "local")):
+            began = time.perf_counter()
+            await sides[side](request)
+            took[side] = time.perf_counter() - began
+        differences.append(took["ray"] - took["local"])
+    differences.sort()
+    return differences[pairs // 2], differences[int(pairs * 0.9)]
 
 
 def machine_line(args: argparse.Namespace, peaks: dict[str, float]) -> str:
@@ -562,8 +581,11 @@ async def bench_on_ray(args, settings, tasks, checkpoints, rng) -> list[str]:
         if task in ENCODER_TASKS:
             rows, extra = await bench_ray(task, checkpoints[task], settings, args, rng)
             lines += rows
+            p50, p90 = extra["paired"]
+            notes.append(f"- {task}: paired overhead (ray - local on the same request, 100 pairs, one client): "
+                         f"median {p50 * 1000:+.1f} ms, p90 {p90 * 1000:+.1f} ms")
             notes.append(f"- {task}: handle round trip of a call that does no work, p50 / p99 ms: "
-                         + "; ".join(f"{way} {p50} / {p99}" for way, (p50, p99) in extra.items()))
+                         + "; ".join(f"{way} {p50} / {p99}" for way, (p50, p99) in extra["pings"].items()))
     return [*lines, "", *notes]
 
 

@@ -123,6 +123,17 @@ def test_every_replica_is_placed_and_reported(cluster):
         assert replica["node"] and all(m["loaded"] for m in replica["models"]), replica
 
 
+def test_requests_take_the_tuned_serve_path(executor, ray_settings):
+    """#11: handles call replicas over gRPC, and every replica is deployed with the Serve variables
+    that keep its code on the main loop in its runtime_env (a remote cluster's replicas do not
+    inherit the bot's environment) and without Serve's per-call access log."""
+    assert executor._handles and all(not h.handle_options._by_reference for h in executor._handles.values())
+    for name, tasks in ray_serve.model_groups(ray_settings).items():
+        deployment = ray_serve.group_application(ray_settings, name, tasks)._bound_deployment
+        assert deployment.ray_actor_options["runtime_env"]["env_vars"] == ray_serve.SERVE_ENV
+        assert deployment.logging_config["enable_access_log"] is False
+
+
 async def test_every_task_answers_as_the_local_path_does(executor, local_backend):
     requests = first_requests()
     answers = await asyncio.wait_for(asyncio.gather(

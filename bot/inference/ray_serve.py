@@ -43,9 +43,10 @@ CONNECT_TIMEOUT = 60.0  # seconds ray.init may take to join a cluster
 # Serve's request path, tuned for callers that are handles (no HTTP proxy). Serve's defaults run
 # the router in a loop of its own in the caller and the user's code in a loop of its own in the
 # replica: each message then crosses threads twice. Our executor already runs models in threads of
-# its own, so both stay on the main loop (BENCHMARKS.md "INFERENCE=ray": about 3x less CPU per
-# call). Read when ray.serve is imported, so set here, before that; an operator's value wins.
-# Replicas get them through runtime_env (a remote cluster does not share this process's env).
+# its own, so both stay on the main loop; with the gRPC handle, about 2.6x less CPU per call
+# (BENCHMARKS.md "INFERENCE=ray: the transport tuned"). Serve reads them when it is imported, so
+# they are set here, before that; an operator's value wins. Replicas get them through runtime_env
+# (a remote cluster does not share this process's environment).
 SERVE_ENV = {name: os.environ.setdefault(name, "0")
              for name in ("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD")}
 

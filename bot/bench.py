@@ -336,10 +336,13 @@ async def bench_encoder(task, checkpoint, settings, args, rng, peaks, formats) -
             measurement.concurrency = -args.rate  # a rate, not a client count (format_rows prints it so)
         runs.append(poisson)
     mean_batch = {fmt: executor.snapshot()["lanes"][task]["mean_batch_size"] for fmt, executor in executors.items()}
+    times = await paired_times(sides, requests, min(len(requests), 64))
+    one_client = {fmt: sum(times["naive"]) / sum(times[fmt]) for fmt in formats}
     for executor in executors.values():
         await executor.shutdown()
     del executors
-    out: dict[str, Any] = {"rows": {fmt: format_rows(task, fmt, runs, peaks) for fmt in formats}, "mean_batch": mean_batch}
+    out: dict[str, Any] = {"rows": {fmt: format_rows(task, fmt, runs, peaks) for fmt in formats}, "mean_batch": mean_batch,
+                           "one_client": one_client, "pairs": len(times["naive"])}
     pipeline_best = None
     if getattr(args, "peers", False) and task in PIPELINES:
         rates = await asyncio.to_thread(pipeline_rates, task, naive, requests)
@@ -490,7 +493,7 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
     from bot.inference import ray_serve
     from bot.inference.executor import Executor
     from bot.inference.local import LocalBackend
-    from bot.inference.ray_client import RayExecutor
+    from bot.inference.ray_client import RayExecutor, fast_handle
 
     naive = Naive(task, checkpoint)
     texts = heavy_tailed_texts(args.requests, naive.tokenizer, min(512, naive.tokenizer.model_max_length) - 24, rng)
@@ -516,13 +519,16 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
         await measure_sides(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), 0.0)
         for clients in [int(c) for c in args.concurrency.split(",")]
     ]
-    paired = await paired_overhead(sides, requests)
+    times = await paired_times(sides, requests, 100)
+    differences = sorted(there - here for here, there in zip(times["local"], times["ray"]))
+    paired = differences[len(differences) // 2], differences[int(len(differences) * 0.9)]
     group = ray_serve.deployment_of(settings)[task]
     handle = serve.get_deployment_handle(group, app_name=ray_serve.app_name(group))
-    # The transport alone, both ways a handle can carry a call, alternating: through Ray's object
-    # store (Serve's default) and over the replica's gRPC server (what RayExecutor uses).
-    pings: dict[str, list[float]] = {"object store": [], "gRPC": []}
-    ways = {"object store": handle.options(_by_reference=True), "gRPC": handle.options(_by_reference=False)}
+    handle = fast_handle(handle)  # as RayExecutor's
+    # The transport alone, both ways a handle can carry a call, alternating: a Ray actor call
+    # returning a reference (Serve's default) and a call over the replica's gRPC server (ours).
+    pings: dict[str, list[float]] = {"actor call": [], "gRPC": []}
+    ways = {"actor call": handle.options(_by_reference=True), "gRPC": handle.options(_by_reference=False)}
     for _ in range(200):
         for way, h in ways.items():
             began = time.perf_counter()
@@ -530,6 +536,7 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
             pings[way].append(time.perf_counter() - began)
     await local.shutdown()
     await remote.shutdown()
+    await handle.shutdown_async()
     import ray
 
     ray.shutdown()
@@ -546,20 +553,18 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
                             for way, p in pings.items()}}
 
 
-async def paired_overhead(sides: dict, requests: list, pairs: int = 100) -> tuple[float, float]:
-    """Per-request overhead as the median (and p90) of ray - local on the same request, one client,
-    the two sides taking turns going first: unlike a difference of two p50s over a mix of lengths,
-    this does not move with which texts landed near the middle."""
-    differences = []
+async def paired_times(sides: dict, requests: list, pairs: int) -> dict[str, list[float]]:
+    """Each request on every side in turn, one client, the order reversed every other request: a
+    per-request comparison that a drift in machine speed, or which texts land near the middle of
+    a distribution, does not move (a difference of two runs' p50s does)."""
+    times: dict[str, list[float]] = {side: [] for side in sides}
     for i in range(pairs):
-        request, took = requests[i % len(requests)], {}
-        for side in (("local", "ray") if i % 2 else ("ray", "local")):
+        request = requests[i % len(requests)]
+        for side in (list(sides) if i % 2 else list(sides)[::-1]):
             began = time.perf_counter()
             await sides[side](request)
-            took[side] = time.perf_counter() - began
-        differences.append(took["ray"] - took["local"])
-    differences.sort()
-    return differences[pairs // 2], differences[int(pairs * 0.9)]
+            times[side].append(time.perf_counter() - began)
+    return times
 
 
 def machine_line(args: argparse.Namespace, peaks: dict[str, float]) -> str:
@@ -619,6 +624,8 @@ async def bench(args: argparse.Namespace, settings: Settings) -> str:
         goals.append(out["goals"])
         peers += [out["peers"]] if "peers" in out else []
         notes.append(f"- {task}: mean executor batch " + ", ".join(f"{b:.1f} ({fmt})" for fmt, b in out["mean_batch"].items()))
+        notes.append(f"- {task}: one client, paired ({out['pairs']} requests on each side in turn): executor / naive "
+                     + ", ".join(f"{ratio:.2f}× ({fmt})" for fmt, ratio in out["one_client"].items()))
         if "agreement" in out:
             notes.append(f"- {task} int8 vs fp32: {out['agreement']}")
     for fmt, rows in tables.items():

@@ -123,14 +123,19 @@ def test_every_replica_is_placed_and_reported(cluster):
         assert replica["node"] and all(m["loaded"] for m in replica["models"]), replica
 
 
-def test_requests_take_the_tuned_serve_path(executor, ray_settings):
-    """#11: handles call replicas over gRPC, and every replica is deployed with the Serve variables
-    that keep its code on the main loop in its runtime_env (a remote cluster's replicas do not
-    inherit the bot's environment) and without Serve's per-call access log."""
-    assert executor._handles and all(not h.handle_options._by_reference for h in executor._handles.values())
+async def test_requests_take_the_tuned_serve_path(executor, ray_settings):
+    """#11: the bot's handles route on its own event loop and call replicas over gRPC; every replica
+    runs with SERVE_ENV, which reaches it only through its runtime_env (the bot does not set it in
+    its own environment, so a local Ray does not pass it on), and without Serve's access log."""
+    handles = list(executor._handles.values())
+    assert handles and all(not h.handle_options._by_reference for h in handles)
+    assert all(h.is_initialized and not h.init_options._run_router_in_separate_loop for h in handles)
+    assert "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD" not in os.environ
+    await executor.refresh()
+    assert executor.replicas and all(r["serve_env"] == ray_serve.SERVE_ENV == {
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"} for r in executor.replicas), executor.replicas
     for name, tasks in ray_serve.model_groups(ray_settings).items():
         deployment = ray_serve.group_application(ray_settings, name, tasks)._bound_deployment
-        assert deployment.ray_actor_options["runtime_env"]["env_vars"] == ray_serve.SERVE_ENV
         assert deployment.logging_config["enable_access_log"] is False
 
 

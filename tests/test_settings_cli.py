@@ -159,3 +159,5 @@ def test_bench_runs_end_to_end_in_every_format_with_the_pipeline_peers(monkeypat
     assert goals.count("|") == 9 and "2: " in goals
     assert "| generate (executor bf16) | 2 |" in out and "| generate (executor int8)" not in out
     assert "sentiment int8 vs fp32: same top label" in out
+    [paired] = [line for line in out.splitlines() if line.startswith("- sentiment: one client, paired (4 requests")]
+    assert all(f"× ({fmt})" in paired for fmt in ("fp32", "bf16", "int8")), paired

@@ -142,10 +142,7 @@ class RayExecutor(JobTable):
             await asyncio.to_thread(ray_serve.wait_running, [ray_serve.app_name(g) for g in set(groups.values())], 60.0)
         self._board = ray_serve.ensure_board()
         for task, group in groups.items():
-            # _by_reference=False: arguments and events go to the replica over its gRPC server
-            # instead of through Ray's object store (a fraction of the CPU per call, BENCHMARKS.md).
-            handle = serve.get_deployment_handle(group, app_name=ray_serve.app_name(group))
-            self._handles[task] = handle.options(_by_reference=False)
+            self._handles[task] = fast_handle(serve.get_deployment_handle(group, app_name=ray_serve.app_name(group)))
         self._refresher = asyncio.ensure_future(self._refresh_forever())
 
     async def shutdown(self, grace: float = 10.0) -> None:
@@ -162,6 +159,11 @@ class RayExecutor(JobTable):
             self._finish(job, error=ShuttingDown("The bot is restarting; your request was not run. Try again shortly."))
         if self._refresher is not None:
             self._refresher.cancel()
+        for handle in self._handles.values():  # their routers run on this loop: stop them here
+            try:
+                await handle.shutdown_async()
+            except Exception:
+                log.debug("A Serve handle did not shut down cleanly", exc_info=True)
 
     @property
     def accepting(self) -> bool:
@@ -321,6 +323,21 @@ class RayExecutor(JobTable):
             except Exception:
                 log.debug("Could not read the replicas' board", exc_info=True)
             await asyncio.sleep(BOARD_REFRESH)
+
+
+def fast_handle(handle: Any) -> Any:
+    """The handle with Serve's router on this event loop (Serve's default gives it a thread and loop
+    of its own: a thread hop per message) and calls over the replica's gRPC server rather than as
+    Ray actor calls: together with the replicas' SERVE_ENV, about 2.6x less CPU per call than Serve's
+    defaults (BENCHMARKS.md "INFERENCE=ray: the transport tuned"). Both options are underscored in
+    Serve: a Ray without them gets the plain handle."""
+    try:
+        if not handle.is_initialized:  # Serve hands out one cached handle per deployment and process
+            handle._init(_run_router_in_separate_loop=False)
+        return handle.options(_by_reference=False)
+    except (AttributeError, TypeError, ValueError) as err:
+        log.warning("Ray Serve handle options unavailable (%s): using Serve's defaults", err)
+        return handle
 
 
 def _cluster_error(err: BaseException, job: RemoteJob) -> BotError:

@@ -40,15 +40,12 @@ REPORT_INTERVAL = 1.0  # seconds between a replica's reports to the board
 STALE_AFTER = 10.0  # a replica silent this long (dead, or being replaced) leaves the board
 CONNECT_TIMEOUT = 60.0  # seconds ray.init may take to join a cluster
 
-# Serve's request path, tuned for callers that are handles (no HTTP proxy). Serve's defaults run
-# the router in a loop of its own in the caller and the user's code in a loop of its own in the
-# replica: each message then crosses threads twice. Our executor already runs models in threads of
-# its own, so both stay on the main loop; with the gRPC handle, about 2.6x less CPU per call
-# (BENCHMARKS.md "INFERENCE=ray: the transport tuned"). Serve reads them when it is imported, so
-# they are set here, before that; an operator's value wins. Replicas get them through runtime_env
-# (a remote cluster does not share this process's environment).
-SERVE_ENV = {name: os.environ.setdefault(name, "0")
-             for name in ("RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD")}
+# Replicas run our code on Serve's main loop instead of a loop of its own (Serve's default): one
+# thread hop fewer per message, and our executor already runs models in threads of its own. Serve
+# reads the variable when the replica imports it, so it travels in the replicas' runtime_env; an
+# operator's value wins. (The bot's side, the router on the caller's loop, is a handle option:
+# ray_client.fast_handle.) BENCHMARKS.md "INFERENCE=ray: the transport tuned" has the figures.
+SERVE_ENV = {name: os.environ.get(name, "0") for name in ("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD",)}
 
 
 def model_groups(settings: Settings) -> dict[str, tuple[str, ...]]:
@@ -86,6 +83,8 @@ class ModelGroup:
         # the same two cores. Use TORCH_THREADS, else the CPUs reserved, else every core.
         cpus = max(settings.ray_cpus.get(t, 1.0) for t in tasks)
         torch.set_num_threads(settings.torch_threads or (int(cpus) if cpus >= 1 else os.cpu_count() or 1))
+        # Loads in the constructor, on Serve's main loop: Serve's health checks start once it returns,
+        # and a replica has nothing to serve before its models are loaded anyway.
         self.backend = LocalBackend(settings)
         log.info("%s", self.backend.dtype_reason)  # the replica's CPU decides DTYPE=auto here, not the bot's
         for task in tasks:
@@ -161,6 +160,7 @@ class ModelGroup:
             "lanes": {task: lane for task, lane in snapshot["lanes"].items() if task in self.tasks},
             "outcomes": [[list(key), count] for key, count in snapshot["outcomes"].items()],
             "memory": snapshot["memory"],
+            "serve_env": {name: os.environ.get(name) for name in SERVE_ENV},  # what the replica runs with
             "time": time.time(),
         }
 
@@ -181,7 +181,8 @@ class ModelGroup:
         board = None
         while True:
             try:
-                board = board or ray.get_actor(BOARD_NAME, namespace=NAMESPACE)
+                # A GCS call: off the loop, which serves requests (user code runs on Serve's main loop).
+                board = board or await asyncio.to_thread(ray.get_actor, BOARD_NAME, namespace=NAMESPACE)
                 await board.report.remote(self.state())
             except Exception:  # no board yet (the bot creates it), or it is being replaced
                 board = None
@@ -244,7 +245,7 @@ def group_application(settings: Settings, name: str, tasks: tuple[str, ...]) -> 
             "num_gpus": max(settings.ray_gpus.get(t, 0.0) for t in tasks),
             "runtime_env": {"env_vars": dict(SERVE_ENV)},
         },
-        # The bot logs every request itself; Serve's line per call cost CPU on the replica's cores.
+        # The bot logs every request itself: Serve's line per call is noise in the replica's log.
         "logging_config": {"enable_access_log": False},
         "health_check_period_s": 2,
         "graceful_shutdown_timeout_s": settings.shutdown_grace,

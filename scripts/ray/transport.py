@@ -7,7 +7,7 @@ each variant runs in a fresh interpreter: the variants are separate processes, r
 
     .venv/bin/python scripts/ray/transport.py          # about 4 minutes on two cores
 
-Prints one markdown table (BENCHMARKS.md "INFERENCE=ray against local").
+Prints one markdown table (BENCHMARKS.md "INFERENCE=ray: the transport tuned").
 """
 
 from __future__ import annotations

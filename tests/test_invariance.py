@@ -118,8 +118,8 @@ async def test_int8_runs_requests_one_at_a_time_so_answers_are_the_same_as_alone
 # -- the same comparison catches the faults it is there for ------------------------------------
 
 
-def _without_attention_mask(rows, pad_id, device, side="right"):
-    inputs = pad_rows(rows, pad_id, device, side)
+def _without_attention_mask(rows, pad_id, device, side="right", **options):
+    inputs = pad_rows(rows, pad_id, device, side, **options)
     inputs["attention_mask"] = inputs["attention_mask"].clone().fill_(1)  # padding attended like text
     return inputs
 

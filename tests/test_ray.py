@@ -124,11 +124,12 @@ def test_every_replica_is_placed_and_reported(cluster):
 
 
 async def test_requests_take_the_tuned_serve_path(executor, ray_settings):
-    """#11: the bot's handles route on its own event loop and call replicas over gRPC; every replica
-    runs with SERVE_ENV, which reaches it only through its runtime_env (the bot does not set it in
-    its own environment, so a local Ray does not pass it on), and without Serve's access log."""
+    """#11: the bot's handles route on its own event loop, with actor calls (a dead replica must read
+    as dead: see fast_handle); every replica runs with SERVE_ENV, which reaches it only through its
+    runtime_env (the bot does not set it in its own environment, so a local Ray does not pass it
+    on), and without Serve's access log."""
     handles = list(executor._handles.values())
-    assert handles and all(not h.handle_options._by_reference for h in handles)
+    assert handles and all(h.handle_options._by_reference for h in handles)
     assert all(h.is_initialized and not h.init_options._run_router_in_separate_loop for h in handles)
     assert "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD" not in os.environ
     await executor.refresh()

@@ -326,18 +326,18 @@ class RayExecutor(JobTable):
 
 
 def fast_handle(handle: Any) -> Any:
-    """The handle with Serve's router on this event loop (Serve's default gives it a thread and loop
-    of its own: a thread hop per message) and calls over the replica's gRPC server rather than as
-    Ray actor calls: together with the replicas' SERVE_ENV, about 2.6x less CPU per call than Serve's
-    defaults (BENCHMARKS.md "INFERENCE=ray: the transport tuned"). Both options are underscored in
-    Serve: a Ray without them gets the plain handle."""
+    """The handle with Serve's router on this event loop: Serve's default gives the router a thread
+    and loop of its own, a thread hop per message (BENCHMARKS.md "INFERENCE=ray: the transport
+    tuned"). Calls stay Ray actor calls: over the replica's gRPC server (`_by_reference=False`) they
+    cost half the CPU, but a replica that dies is then "unavailable", not dead, and the router kept
+    sending the next requests its way until they hung (a test caught it under load). The option is
+    underscored in Serve: a Ray without it gets the plain handle."""
     try:
         if not handle.is_initialized:  # Serve hands out one cached handle per deployment and process
             handle._init(_run_router_in_separate_loop=False)
-        return handle.options(_by_reference=False)
     except (AttributeError, TypeError, ValueError) as err:
         log.warning("Ray Serve handle options unavailable (%s): using Serve's defaults", err)
-        return handle
+    return handle
 
 
 def _cluster_error(err: BaseException, job: RemoteJob) -> BotError:

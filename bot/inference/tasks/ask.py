@@ -21,6 +21,7 @@ from bot.inference.tasks.base import (
     encoding_row,
     flatten_rows,
     model_device,
+    pad_multiple,
     pad_rows,
     split_counts,
 )
@@ -82,10 +83,11 @@ class AskTask(Task):
 
     def predict(self, model, tokenizer, batch, ctx: BatchContext) -> list[AskResult]:
         rows, counts = flatten_rows(batch)
-        inputs = pad_rows(rows, tokenizer.pad_token_id, model_device(model))
+        inputs = pad_rows(rows, tokenizer.pad_token_id, model_device(model), multiple=pad_multiple(model))
         outputs = model(**inputs)
         in_context = [flags for prepared in batch for flags in prepared.extra["in_context"]]
-        allowed = pad_rows([{"input_ids": [int(f) for f in flags]} for flags in in_context], 0, inputs["input_ids"].device)
+        allowed = pad_rows([{"input_ids": [int(f) for f in flags]} for flags in in_context], 0, inputs["input_ids"].device,
+                           multiple=pad_multiple(model))
         spans = best_spans(outputs.start_logits.float(), outputs.end_logits.float(), allowed["input_ids"].bool())
         results = []
         for prepared, window_spans in zip(batch, split_counts(spans, counts)):

@@ -155,19 +155,28 @@ def encoding_row(encoding: Any, index: int | None = None) -> dict[str, list[int]
     return {k: list(encoding[k][index]) for k in keys if k in encoding}
 
 
-PAD_MULTIPLE = 8  # rows are padded to a multiple of this, alone or batched
+PAD_MULTIPLE = 8  # half-precision rows are padded to a multiple of this, alone or batched
 
 
 def padded_width(tokens: int) -> int:
-    """The width a row of `tokens` is padded to (a multiple of 8, which tensor cores and CPU kernels prefer)."""
+    """The width a half-precision row of `tokens` is padded to: rows of one such width give the same
+    answer in any batch (the executor's same-width rule), and GPU kernels prefer multiples of 8."""
     return -(-tokens // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
+def pad_multiple(model: Any) -> int:
+    """PAD_MULTIPLE in half precision; 1 in fp32, where rounding the width up is only extra work
+    (6-13 % on a short text alone, BENCHMARKS.md "One client, paired") and answers do not depend on
+    the padding (to well within the invariance tests' tolerance)."""
+    return PAD_MULTIPLE if next(model.parameters()).dtype in (torch.float16, torch.bfloat16) else 1
+
+
 def pad_rows(
-    rows: Sequence[dict[str, list[int]]], pad_id: int, device: torch.device | str, side: str = "right"
+    rows: Sequence[dict[str, list[int]]], pad_id: int, device: torch.device | str, side: str = "right",
+    multiple: int = PAD_MULTIPLE,
 ) -> dict[str, torch.Tensor]:
-    """Pad rows to a common length, padded_width of the longest."""
-    width = padded_width(max(len(r["input_ids"]) for r in rows))
+    """Pad rows to a common length: the longest, rounded up to `multiple` (pad_multiple(model))."""
+    width = -(-max(len(r["input_ids"]) for r in rows) // multiple) * multiple
     out: dict[str, torch.Tensor] = {}
     for key in rows[0]:
         fill = pad_id if key == "input_ids" else 0

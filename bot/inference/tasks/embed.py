@@ -16,6 +16,7 @@ from bot.inference.tasks.base import (
     encoding_row,
     flatten_rows,
     model_device,
+    pad_multiple,
     pad_rows,
     split_counts,
 )
@@ -57,7 +58,7 @@ class EmbedTask(Task):
 
     def predict(self, model, tokenizer, batch, ctx: BatchContext) -> list[EmbedResult]:
         rows, counts = flatten_rows(batch)
-        inputs = pad_rows(rows, tokenizer.pad_token_id, model_device(model))
+        inputs = pad_rows(rows, tokenizer.pad_token_id, model_device(model), multiple=pad_multiple(model))
         pooled = mean_pool(model(**inputs).last_hidden_state.float(), inputs["attention_mask"])
         norms = pooled.norm(dim=-1)
         unit = torch.nn.functional.normalize(pooled, dim=-1).cpu()

@@ -24,6 +24,7 @@ from bot.inference.tasks.base import (
     clean_text,
     encoding_row,
     model_device,
+    pad_multiple,
     pad_rows,
 )
 
@@ -83,7 +84,7 @@ class GenerateTask(Task):
     def predict(self, model, tokenizer, batch, ctx: BatchContext) -> list[GenerateResult]:
         requests = [p.request for p in batch]
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        inputs = pad_rows([p.rows[0] for p in batch], pad_id, model_device(model), side="left")
+        inputs = pad_rows([p.rows[0] for p in batch], pad_id, model_device(model), side="left", multiple=pad_multiple(model))
         prompt_width = inputs["input_ids"].shape[1]
         stopper = RowStopper(requests, prompt_width, tokenizer, ctx)
         output = model.generate(

@@ -18,6 +18,7 @@ from bot.inference.tasks.base import (
     clean_text,
     encoding_row,
     model_device,
+    pad_multiple,
     pad_rows,
 )
 
@@ -64,7 +65,7 @@ class MaskTask(Task):
         return Prepared(MaskRequest(text, int(request.top_k)), [row], sort_key=len(row["input_ids"]))
 
     def predict(self, model, tokenizer, batch, ctx: BatchContext) -> list[MaskResult]:
-        inputs = pad_rows([p.rows[0] for p in batch], tokenizer.pad_token_id, model_device(model))
+        inputs = pad_rows([p.rows[0] for p in batch], tokenizer.pad_token_id, model_device(model), multiple=pad_multiple(model))
         where = inputs["input_ids"] == tokenizer.mask_token_id
         logits = _mask_logits(model, inputs, where).float()  # [masks in batch, vocab]
         top_k = max(p.request.top_k for p in batch)

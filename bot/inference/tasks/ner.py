@@ -15,6 +15,7 @@ from bot.inference.tasks.base import (
     clean_text,
     encoding_row,
     model_device,
+    pad_multiple,
     pad_rows,
 )
 
@@ -57,7 +58,7 @@ class NerTask(Task):
         )
 
     def predict(self, model, tokenizer, batch, ctx: BatchContext) -> list[NerResult]:
-        inputs = pad_rows([p.rows[0] for p in batch], tokenizer.pad_token_id, model_device(model))
+        inputs = pad_rows([p.rows[0] for p in batch], tokenizer.pad_token_id, model_device(model), multiple=pad_multiple(model))
         probs = torch.softmax(model(**inputs).logits.float(), dim=-1)
         scores, label_ids = probs.max(dim=-1)
         scores, label_ids = scores.cpu().tolist(), label_ids.cpu().tolist()

@@ -15,6 +15,7 @@ from bot.inference.tasks.base import (
     clean_text,
     encoding_row,
     model_device,
+    pad_multiple,
     pad_rows,
 )
 
@@ -44,7 +45,7 @@ class SentimentTask(Task):
         return Prepared(SentimentRequest(text), [row], sort_key=len(row["input_ids"]))
 
     def predict(self, model, tokenizer, batch, ctx: BatchContext) -> list[SentimentResult]:
-        inputs = pad_rows([p.rows[0] for p in batch], tokenizer.pad_token_id, model_device(model))
+        inputs = pad_rows([p.rows[0] for p in batch], tokenizer.pad_token_id, model_device(model), multiple=pad_multiple(model))
         probs = torch.softmax(model(**inputs).logits.float(), dim=-1).cpu()
         labels = [model.config.id2label[i] for i in range(probs.shape[1])]
         results = []

@@ -6,8 +6,9 @@ is what the tutorial does per message: tokenize one text, one forward, one at a 
 so that the event loop is not what we measure). Reports requests/s, p50/p99 latency, the ratio,
 the worst event-loop lag, and for encoders the achieved FLOP/s against a fp32 matmul peak measured
 in the same run. `--formats` adds the executor in bf16 and int8 (each row against the peak of its
-own format), `--peers` transformers' pipeline. Prints markdown tables; `--output` writes them to a
-file too.
+own format), `--peers` transformers' pipeline. Each encoder task also runs one client paired: every
+request on each side in turn, so machine drift does not move the one-client ratio. Prints markdown
+tables; `--output` writes them to a file too.
 """
 
 from __future__ import annotations
@@ -536,8 +537,7 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
             await h.ping.remote()
             pings[way].append(time.perf_counter() - began)
     await local.shutdown()
-    await remote.shutdown()
-    await handle.shutdown_async()
+    await remote.shutdown()  # also stops the pings' router: Serve caches one handle per deployment
     import ray
 
     ray.shutdown()

@@ -61,6 +61,13 @@ def ray_processes() -> list[str]:
     return [line for line in found.splitlines() if "pgrep" not in line]
 
 
+def kill_replica(deployment: str) -> None:
+    """Kill the deployment's (only) replica; Serve replaces it in a few seconds."""
+    [name] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)  # SERVE_REPLICA::app#deployment#id
+              if a["name"].startswith("SERVE_REPLICA::") and a["name"].split("#")[1] == deployment]
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+
+
 @pytest.fixture(scope="module")
 def ray_settings(tiny_env):
     """Two /sentiment replicas, one of every other group; no CPU reserved per replica (2 cores)."""
@@ -124,13 +131,14 @@ def test_every_replica_is_placed_and_reported(cluster):
 
 
 async def test_requests_take_the_tuned_serve_path(executor, ray_settings):
-    """#11: the bot's handles route on its own event loop, with actor calls (a dead replica must read
-    as dead: see fast_handle); every replica runs with SERVE_ENV, which reaches it only through its
-    runtime_env (the bot does not set it in its own environment, so a local Ray does not pass it
-    on), and without Serve's access log."""
-    handles = list(executor._handles.values())
-    assert handles and all(h.handle_options._by_reference for h in handles)
-    assert all(h.is_initialized and not h.init_options._run_router_in_separate_loop for h in handles)
+    """#11: the bot's handles route on its own event loop and call replicas over gRPC (resent as
+    actor calls when a replica says nothing: see enqueue); every replica runs with SERVE_ENV, which
+    reaches it only through its runtime_env (the bot does not set it in its own environment, so a
+    local Ray does not pass it on), and without Serve's access log."""
+    handles, actor_handles = list(executor._handles.values()), list(executor._actor_handles.values())
+    assert handles and all(not h.handle_options._by_reference for h in handles)
+    assert all(h.handle_options._by_reference for h in actor_handles)  # the fallback (see enqueue)
+    assert all(h.is_initialized and not h.init_options._run_router_in_separate_loop for h in handles + actor_handles)
     assert "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD" not in os.environ
     await executor.refresh()
     assert executor.replicas and all(r["serve_env"] == ray_serve.SERVE_ENV == {
@@ -208,9 +216,7 @@ async def test_a_replica_killed_mid_batch_ends_every_request_once(executor):
     slow = GenerateRequest("Until the replica dies", max_new_tokens=200, seed=2)
     jobs = [await executor.enqueue("generate", dataclasses.replace(slow, seed=i), user_id=i) for i in range(4)]
     await wait_until(lambda: any(job.started_at for job in jobs), "the batch to start")
-    [name] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-              if "SERVE_REPLICA" in a["name"] and "generate" in a["name"]]
-    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+    kill_replica("generate")
     outcomes = await asyncio.wait_for(asyncio.gather(*(executor.wait(job) for job in jobs), return_exceptions=True), 60)
     for outcome in outcomes:  # each ended once: its result, or a clear error naming what to do
         assert not isinstance(outcome, BaseException) or (
@@ -218,6 +224,26 @@ async def test_a_replica_killed_mid_batch_ends_every_request_once(executor):
     assert executor._jobs == {}
     # Serve replaces the replica; the task answers again.
     await asyncio.wait_for(_until_answers(executor, "generate", GenerateRequest("back", max_new_tokens=3, seed=1)), 90)
+
+
+async def test_a_call_without_word_from_its_replica_is_resent_as_an_actor_call(executor, monkeypatch):
+    """A gRPC call that hears nothing from its replica (a replica that just died reads as
+    "unavailable" over gRPC, and Serve's router can keep the call on it) is cancelled and resent
+    once as a Ray actor call; the request still ends once, with its answer. The replica is stopped
+    (SIGSTOP) past FIRST_EVENT_WAIT, then let go."""
+    monkeypatch.setattr(ray_client, "FIRST_EVENT_WAIT", 1.0)
+    await executor.refresh()
+    [replica] = [r for r in executor.replicas if r["deployment"] == "ner"]
+    request = first_requests()["ner"]
+    os.kill(replica["pid"], signal.SIGSTOP)
+    try:
+        answer = asyncio.ensure_future(executor.submit("ner", request, timeout=60))
+        await wait_until(lambda: executor.resent["ner"] == 1, "the call to be resent")
+    finally:
+        os.kill(replica["pid"], signal.SIGCONT)
+    assert (await asyncio.wait_for(answer, 30)) == await executor.submit("ner", request)
+    assert executor.resent["ner"] == 1 and executor._jobs == {}
+    assert executor.snapshot()["resent"] == {"ner": 1}
 
 
 async def test_a_replica_that_hangs_ends_its_requests_at_their_deadline(executor, monkeypatch):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 BOARD_REFRESH = 1.0  # seconds between reads of the replicas' board (for /status, /models, ETA)
 DEADLINE_SLACK = 10.0  # seconds past a request's deadline before the bot stops waiting for its replica
+FIRST_EVENT_WAIT = 10.0  # seconds for a replica to say "queued" (it does in milliseconds) before the call is resent
 
 
 @dataclass(eq=False)
@@ -118,7 +120,9 @@ class RayExecutor(JobTable):
         self.backend = RayBackend(self)
         super().__init__()
         self.replicas: list[dict[str, Any]] = []  # the board's latest, refreshed every BOARD_REFRESH
-        self._handles: dict[str, Any] = {}  # task → DeploymentHandle
+        self._handles: dict[str, Any] = {}  # task → DeploymentHandle calling over the replicas' gRPC servers
+        self._actor_handles: dict[str, Any] = {}  # task → the same handle calling as Ray actor calls
+        self.resent: Counter[str] = Counter()  # per task: calls resent as actor calls (see enqueue)
         self._stopping = False
         self._board = None
         self._refresher: asyncio.Task | None = None
@@ -142,7 +146,8 @@ class RayExecutor(JobTable):
             await asyncio.to_thread(ray_serve.wait_running, [ray_serve.app_name(g) for g in set(groups.values())], 60.0)
         self._board = ray_serve.ensure_board()
         for task, group in groups.items():
-            self._handles[task] = fast_handle(serve.get_deployment_handle(group, app_name=ray_serve.app_name(group)))
+            handle = fast_handle(serve.get_deployment_handle(group, app_name=ray_serve.app_name(group)))
+            self._actor_handles[task], self._handles[task] = handle, over_grpc(handle)
         self._refresher = asyncio.ensure_future(self._refresh_forever())
 
     async def shutdown(self, grace: float = 10.0) -> None:
@@ -159,7 +164,7 @@ class RayExecutor(JobTable):
             self._finish(job, error=ShuttingDown("The bot is restarting; your request was not run. Try again shortly."))
         if self._refresher is not None:
             self._refresher.cancel()
-        for handle in self._handles.values():  # their routers run on this loop: stop them here
+        for handle in self._actor_handles.values():  # their routers run on this loop: stop them here
             try:
                 await handle.shutdown_async()
             except Exception:
@@ -188,17 +193,30 @@ class RayExecutor(JobTable):
         job = RemoteJob(next(self._ids), task, user_id, SimpleNamespace(cost=None), loop.create_future(), now,
                         now + seconds, on_progress)
         self._track(job)
-        job.response = self._handles[task].options(stream=True).run.remote(task, request, user_id, seconds)
+        limit = seconds + DEADLINE_SLACK  # bounded like the rest of the request: a replica may hang
         try:
-            # Bounded like the rest of the request: a replica that hangs never answers at all.
-            first = await asyncio.wait_for(job.response.__anext__(), seconds + DEADLINE_SLACK)
+            job.response = self._call(self._handles, job, request)
+            try:
+                first = await asyncio.wait_for(job.response.__anext__(), min(FIRST_EVENT_WAIT, limit))
+            except asyncio.TimeoutError:
+                if limit <= FIRST_EVENT_WAIT:
+                    raise
+                # Over gRPC a replica that just died reads as "unavailable", and Serve's router may keep
+                # the request on it until the deadline. A Ray actor call fails at once on a dead
+                # replica (the router then drops it) and reaches a live one like any call.
+                job.response.cancel()
+                self.resent[task] += 1
+                log.warning("%s request %d: no word from its replica in %g s; resent as an actor call",
+                            task, job.id, FIRST_EVENT_WAIT)
+                job.response = self._call(self._actor_handles, job, request)
+                first = await asyncio.wait_for(job.response.__anext__(), job.deadline - time.monotonic() + DEADLINE_SLACK)
         except asyncio.CancelledError:  # whoever enqueued is gone: so is the request
             self._forget(job)
-            job.response.cancel()
+            self._cancel_remote(job)
             raise
         except Exception as err:
             self._forget(job)
-            job.response.cancel()
+            self._cancel_remote(job)
             error = _cluster_error(err, job)
             self.refused[(task, type(error).__name__)] += 1
             raise error from err
@@ -210,6 +228,11 @@ class RayExecutor(JobTable):
         self._apply(job, first)
         job.consumer = asyncio.ensure_future(self._consume(job))
         return job
+
+    def _call(self, handles: dict[str, Any], job: RemoteJob, request: Any) -> Any:
+        """One streaming call of the job to its model group; the replica is told the seconds left."""
+        return handles[job.task].options(stream=True).run.remote(job.task, request, job.user_id,
+                                                                  job.deadline - time.monotonic())
 
     def _stop(self, job: RemoteJob) -> None:
         """Stop the request on its replica (the replica's executor drops or stops it) and end it."""
@@ -239,7 +262,7 @@ class RayExecutor(JobTable):
                 "latency_p99": max((lane["latency_p99"] for lane in own), default=0.0),
                 "replicas": len(own),
             }
-        return {**self._snapshot(lanes), "replicas": self.replicas}
+        return {**self._snapshot(lanes), "replicas": self.replicas, "resent": dict(self.resent)}
 
     async def refresh(self) -> None:
         """Read the board now (the background refresh does it every BOARD_REFRESH seconds)."""
@@ -328,16 +351,24 @@ class RayExecutor(JobTable):
 def fast_handle(handle: Any) -> Any:
     """The handle with Serve's router on this event loop: Serve's default gives the router a thread
     and loop of its own, a thread hop per message (BENCHMARKS.md "INFERENCE=ray: the transport
-    tuned"). Calls stay Ray actor calls: over the replica's gRPC server (`_by_reference=False`) they
-    cost half the CPU, but a replica that dies is then "unavailable", not dead, and the router kept
-    sending the next requests its way until they hung (a test caught it under load). The option is
-    underscored in Serve: a Ray without it gets the plain handle."""
+    tuned"). The option is underscored in Serve: a Ray without it gets the plain handle."""
     try:
         if not handle.is_initialized:  # Serve hands out one cached handle per deployment and process
             handle._init(_run_router_in_separate_loop=False)
     except (AttributeError, TypeError, ValueError) as err:
         log.warning("Ray Serve handle options unavailable (%s): using Serve's defaults", err)
     return handle
+
+
+def over_grpc(handle: Any) -> Any:
+    """The same handle (and router), calling over the replicas' gRPC servers instead of as Ray actor
+    calls: half the CPU per call. Its one weakness, a dead replica read as "unavailable", is covered
+    in RayExecutor.enqueue. Underscored in Serve: a Ray without it keeps actor calls."""
+    try:
+        return handle.options(_by_reference=False)
+    except (AttributeError, TypeError, ValueError) as err:
+        log.warning("Ray Serve gRPC calls unavailable (%s): using actor calls", err)
+        return handle
 
 
 def _cluster_error(err: BaseException, job: RemoteJob) -> BotError:

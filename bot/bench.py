@@ -526,9 +526,9 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
     group = ray_serve.deployment_of(settings)[task]
     handle = serve.get_deployment_handle(group, app_name=ray_serve.app_name(group))
     handle = fast_handle(handle)  # as RayExecutor's
-    # The transport alone, both ways a handle can carry a call, alternating: a Ray actor call
-    # returning a reference (Serve's default, and ours) and a call over the replica's gRPC server
-    # (faster, not used: see ray_client.fast_handle).
+    # The transport alone, both ways a handle can carry a call, alternating: over the replica's
+    # gRPC server (ours) and as a Ray actor call returning a reference (Serve's default, and our
+    # fallback: see RayExecutor.enqueue).
     pings: dict[str, list[float]] = {"actor call": [], "gRPC": []}
     ways = {"actor call": handle.options(_by_reference=True), "gRPC": handle.options(_by_reference=False)}
     for _ in range(200):

@@ -1,6 +1,7 @@
 """INFERENCE=ray, the bot side: `RayExecutor` has the Executor's API (enqueue, wait, cancel,
 position, snapshot, shutdown), so the cogs do not know where models run. Each request is one
-streaming call to its model group's Serve deployment (bot/inference/ray_serve.py); batching,
+streaming call to its model group's Serve deployment (bot/inference/ray_serve.py), over the
+replicas' gRPC servers (once more as a Ray actor call if its replica says nothing); batching,
 fairness and deadlines happen in the replica, next to the weights.
 
 Here: the per-user cap and the total in flight (a user's requests may land on different

@@ -584,7 +584,7 @@ async def bench_on_ray(args, settings, tasks, checkpoints, rng) -> list[str]:
     import ray
 
     try:  # one local Ray for every task: a second one started seconds after the first could time out
-        for task in tasks:
+        for task in dict.fromkeys(tasks):  # once each: Serve caches a handle per deployment, stopped after its rows
             if task in ENCODER_TASKS:
                 rows, extra = await bench_ray(task, checkpoints[task], settings, args, rng)
                 lines += rows

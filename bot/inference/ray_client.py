@@ -148,7 +148,7 @@ class RayExecutor(JobTable):
         self._board = ray_serve.ensure_board()
         for task, group in groups.items():
             handle = fast_handle(serve.get_deployment_handle(group, app_name=ray_serve.app_name(group)))
-            self._actor_handles[task], self._handles[task] = handle, over_grpc(handle)
+            self._actor_handles[task], self._handles[task] = as_actor_calls(handle), over_grpc(handle)
         self._refresher = asyncio.ensure_future(self._refresh_forever())
 
     async def shutdown(self, grace: float = 10.0) -> None:
@@ -200,12 +200,12 @@ class RayExecutor(JobTable):
             try:
                 first = await asyncio.wait_for(job.response.__anext__(), min(FIRST_EVENT_WAIT, limit))
             except asyncio.TimeoutError:
-                if limit <= FIRST_EVENT_WAIT:
+                if limit <= FIRST_EVENT_WAIT or job.deadline <= time.monotonic():
                     raise
                 # Over gRPC a replica that just died reads as "unavailable", and Serve's router may keep
                 # the request on it until the deadline. A Ray actor call fails at once on a dead
                 # replica (the router then drops it) and reaches a live one like any call.
-                job.response.cancel()
+                cancel_call(job.response)
                 self.resent[task] += 1
                 log.warning("%s request %d: no word from its replica in %g s; resent as an actor call",
                             task, job.id, FIRST_EVENT_WAIT)
@@ -233,7 +233,7 @@ class RayExecutor(JobTable):
     def _call(self, handles: dict[str, Any], job: RemoteJob, request: Any) -> Any:
         """One streaming call of the job to its model group; the replica is told the seconds left."""
         return handles[job.task].options(stream=True).run.remote(job.task, request, job.user_id,
-                                                                  job.deadline - time.monotonic())
+                                                                  max(0.001, job.deadline - time.monotonic()))
 
     def _stop(self, job: RemoteJob) -> None:
         """Stop the request on its replica (the replica's executor drops or stops it) and end it."""
@@ -283,8 +283,7 @@ class RayExecutor(JobTable):
             # The replica enforces the deadline; this bounds a replica that hangs instead of dying.
             await asyncio.wait_for(self._events(job), max(0.0, job.deadline - time.monotonic()) + DEADLINE_SLACK)
         except asyncio.TimeoutError:
-            if job.response is not None:
-                job.response.cancel()
+            cancel_call(job.response)
             self._finish(job, error=DeadlineExceeded("Your request ran past its time limit and was stopped."))
 
     async def _events(self, job: RemoteJob) -> None:
@@ -334,11 +333,7 @@ class RayExecutor(JobTable):
     def _cancel_remote(self, job: RemoteJob) -> None:
         if job.consumer is not None:
             job.consumer.cancel()
-        if job.response is not None:
-            try:
-                job.response.cancel()
-            except Exception:  # already finished
-                pass
+        cancel_call(job.response)
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -359,6 +354,31 @@ def fast_handle(handle: Any) -> Any:
     except (AttributeError, TypeError, ValueError) as err:
         log.warning("Ray Serve handle options unavailable (%s): using Serve's defaults", err)
     return handle
+
+
+def cancel_call(response: Any) -> None:
+    """Stop a Serve call, on its replica too. `response.cancel()` alone misses one case when the router
+    runs on this loop: the replica was chosen (the assignment is done) but the stream was not read
+    yet, so the call to the replica is not known to the response."""
+    if response is None:
+        return
+    try:
+        response.cancel()
+        assigned = getattr(response, "_replica_result_future", None)
+        if getattr(response, "_replica_result", True) is None and assigned is not None and assigned.done() \
+                and not assigned.cancelled() and assigned.exception() is None:
+            assigned.result().cancel()
+    except Exception:  # already finished, or the call never reached a replica
+        log.debug("Cancelling a Serve call failed", exc_info=True)
+
+
+def as_actor_calls(handle: Any) -> Any:
+    """The same handle (and router), calling as Ray actor calls whatever Serve's defaults say
+    (RAY_SERVE_USE_GRPC_BY_DEFAULT or RAY_SERVE_THROUGHPUT_OPTIMIZED would make them gRPC)."""
+    try:
+        return handle.options(_by_reference=True)
+    except (AttributeError, TypeError, ValueError):
+        return handle
 
 
 def over_grpc(handle: Any) -> Any:

@@ -31,6 +31,9 @@ WHY = {
     "sentiment": "AutoModelForSequenceClassification: one score per label for the whole text.",
     "embed": "AutoModel: the bare model's last hidden states, mean-pooled into one vector per text.",
 }
+# Tasks whose models the bot runs with attention row by row in half precision (attention.py): each
+# row's answer is the model's on that text alone and unpadded, so scripts run each text alone too.
+ROW_BY_ROW = frozenset({"sentiment", "embed", "mask", "ner", "ask"})
 WRAP = 72  # longer texts become one literal per line, joined by Python's implicit concatenation
 
 
@@ -88,11 +91,13 @@ def script(spec: ScriptSpec) -> str:
     """The runnable script for `spec`."""
     build = _BODIES[spec.task]
     inputs, body = build(spec)
-    # In half precision, padding changes the last digits: pad as the bot pads (bot.inference.tasks.base).
+    # In half precision, padding changes the last digits: pad as the bot pads (bot.inference.tasks.base),
+    # except for the encoders, whose rows the bot computes as if alone and unpadded (attention.py).
     half = spec.dtype in ("bfloat16", "float16")
     pads_like_the_bot = "__PAD__" in body or "__MULTIPLE__" in body
-    multiple = f", pad_to_multiple_of={PAD_MULTIPLE}" if half else ""
-    body = body.replace("__PAD__", ", padding=True" + multiple if half else "").replace("__MULTIPLE__", multiple)
+    pad = half and spec.task not in ROW_BY_ROW
+    multiple = f", pad_to_multiple_of={PAD_MULTIPLE}" if pad else ""
+    body = body.replace("__PAD__", ", padding=True" + multiple if pad else "").replace("__MULTIPLE__", multiple)
     auto = TASKS[spec.task].auto_class_name
     dtype = f", dtype=torch.{spec.dtype}" if spec.dtype != "float32" else ""
     quantize = (
@@ -162,17 +167,18 @@ def _embed(spec: ScriptSpec) -> tuple[str, str]:
     pair = spec.request.get("other") is not None
     inputs = _text_input(spec) + (_text_input(spec, "other", "other") if pair else "")
     body = f"""
-texts = {"[text, other]" if pair else "[text]"}
-inputs = tokenizer(texts, padding=True, return_tensors="pt"__MULTIPLE__)
-with torch.no_grad():
-    hidden = model(**inputs).last_hidden_state.float()
-# Mean over each text's real tokens: padding must not count.
-mask = inputs["attention_mask"].unsqueeze(-1).float()
-pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-vectors = torch.nn.functional.normalize(pooled, dim=-1)
+pooled = []
+for one in {"[text, other]" if pair else "[text]"}:  # each text alone, as the bot answers it
+    inputs = tokenizer(one, return_tensors="pt"__PAD__)
+    with torch.no_grad():
+        hidden = model(**inputs).last_hidden_state.float()
+    # Mean over the text's real tokens: padding must not count.
+    mask = inputs["attention_mask"].unsqueeze(-1).float()
+    pooled.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))[0])
+vectors = [torch.nn.functional.normalize(p, dim=-1) for p in pooled]
 
-print(f"dimension {{vectors.shape[1]}}, norm before normalizing {{pooled[0].norm().item():.4f}}")
-print("[" + ", ".join(f"{{v:+.4f}}" for v in vectors[0, :8].tolist()) + ", …]")
+print(f"dimension {{vectors[0].shape[0]}}, norm before normalizing {{pooled[0].norm().item():.4f}}")
+print("[" + ", ".join(f"{{v:+.4f}}" for v in vectors[0][:8].tolist()) + ", …]")
 """
     if pair:
         body += 'print(f"cosine similarity {(vectors[0] @ vectors[1]).item():+.4f}")\n'
@@ -259,15 +265,16 @@ encoding = tokenizer(
 )
 offsets = encoding.pop("offset_mapping").tolist()
 encoding.pop("overflow_to_sample_mapping")
-with torch.no_grad():
-    outputs = model(**encoding)
+lengths = encoding["attention_mask"].sum(1).tolist()
 
 best = None  # (score, start character, end character)
 lowest = torch.finfo(torch.float32).min
-for window in range(len(offsets)):
-    in_context = torch.tensor([s == 1 for s in encoding.sequence_ids(window)])  # only context tokens answer
-    start_p = torch.softmax(outputs.start_logits[window].float().masked_fill(~in_context, lowest), dim=-1)
-    end_p = torch.softmax(outputs.end_logits[window].float().masked_fill(~in_context, lowest), dim=-1)
+for window in range(len(offsets)):  # each window alone, as the bot runs it
+    with torch.no_grad():
+        outputs = model(**{name: values[window:window + 1, :lengths[window]] for name, values in encoding.items()})
+    in_context = torch.tensor([s == 1 for s in encoding.sequence_ids(window)[:lengths[window]]])  # only context answers
+    start_p = torch.softmax(outputs.start_logits[0].float().masked_fill(~in_context, lowest), dim=-1)
+    end_p = torch.softmax(outputs.end_logits[0].float().masked_fill(~in_context, lowest), dim=-1)
     # Every span start <= end < start + 30 inside the context, scored start probability × end probability.
     n = len(in_context)
     ones = torch.ones(n, n, dtype=torch.bool)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.inference.local import LocalBackend
+from bot.inference.tasks.base import padded_width
 
 
 class InjectingBackend:
@@ -19,6 +20,7 @@ class InjectingBackend:
         self.gate = threading.Event()
         self.gate.set()
         self.batches: list[tuple[str, int]] = []  # (task, size) of every batch that reached run()
+        self.widths: list[set[int]] = []  # the padded widths its rows would have alone, per batch
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
@@ -28,6 +30,7 @@ class InjectingBackend:
         self.gate.wait(timeout=30)
         with self._lock:
             self.batches.append((task, len(batch)))
+            self.widths.append({padded_width(p.input_width) for p in batch})
         error = self.fault(task, batch) if self.fault else None
         if error is not None:
             raise error

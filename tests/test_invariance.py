@@ -13,11 +13,12 @@ import dataclasses
 
 import pytest
 
+from bot.inference import attention
 from bot.inference.executor import Executor
 from bot.inference.local import LocalBackend
 from bot.inference.tasks import ask, embed, generate, mask, ner, sentiment, translate
 from bot.inference.tasks.base import pad_rows
-from tests.answers import CASES, difference, run, task_of
+from tests.answers import CASES, difference, first_requests, run, task_of
 
 TASK_MODULES = {"generate": generate, "mask": mask, "translate": translate, "ask": ask, "ner": ner,
                 "sentiment": sentiment, "embed": embed}
@@ -63,9 +64,10 @@ MIXED_TEXTS = [" ".join(["the bridge in Paris was wonderful said Alice"[i % 40:]
                for n in (2, 3, 4, 5, 6, 7, 9, 11, 13, 15, 18, 21, 25, 28, 31)]
 
 
-async def through_the_executor(settings, requests: list, task: str = "sentiment") -> tuple[list, list, list[int]]:
+async def through_the_executor(settings, requests: list, task: str = "sentiment",
+                               widths: list | None = None) -> tuple[list, list, list[int]]:
     """Each request alone (straight to the backend), and all of them queued at once through the
-    executor: (alone, batched, the sizes of the batches run)."""
+    executor: (alone, batched, the sizes of the batches run); `widths` gets each batch's padded widths."""
     from tests.faults import InjectingBackend
 
     backend = InjectingBackend(LocalBackend(settings))
@@ -79,18 +81,36 @@ async def through_the_executor(settings, requests: list, task: str = "sentiment"
         batched = await asyncio.gather(*(executor.wait(job) for job in jobs))
     finally:
         await executor.shutdown()
+    if widths is not None:
+        widths += backend.widths
     return alone, list(batched), [size for _, size in backend.batches]
 
 
-async def test_bf16_batches_only_rows_of_one_width_so_answers_are_bit_identical(peaked_settings):
-    """In bf16 a row padded wider than alone rounds differently (scores moved by up to 0.0025 on the
-    peaked model, 0.0005 on real-size distilbert): the executor batches a half-precision task only
-    with rows of the same padded width, where answers are bit-identical to alone."""
+async def test_bf16_encoders_batch_rows_of_any_width_bit_identical_to_alone(peaked_settings):
+    """In bf16 a row padded wider than alone rounds differently under SDPA (scores moved by up to
+    0.0025 on the peaked model, 0.0005 on real-size distilbert). Encoders run attention row by row
+    (bot/inference/attention.py), so once the model is loaded the executor batches rows of any width,
+    and every answer is bit-identical to the row alone."""
     settings = dataclasses.replace(peaked_settings, dtype="bfloat16", max_queued_per_user=100)
-    assert LocalBackend(settings).batch_rule("sentiment") == "same width"
-    alone, batched, sizes = await through_the_executor(settings, [sentiment.SentimentRequest(t) for t in MIXED_TEXTS * 2])
-    assert max(sizes) > 1  # it did batch
+    widths: list[set[int]] = []
+    alone, batched, sizes = await through_the_executor(settings, [sentiment.SentimentRequest(t) for t in MIXED_TEXTS * 2],
+                                                       widths=widths)
+    assert any(len(batch) > 1 for batch in widths), widths  # a batch held rows of several widths
     assert [r.scores for r in batched] == [r.scores for r in alone]  # exactly
+
+
+def test_only_encoders_in_half_precision_lift_the_same_width_rule(peaked_settings):
+    backend = LocalBackend(dataclasses.replace(peaked_settings, dtype="bfloat16"))
+    assert backend.batch_rule("sentiment") == "same width"  # before its model is loaded: the safe rule
+    for task in ("sentiment", "ner", "ask", "mask", "embed", "generate", "translate"):
+        run(backend, task, [first_requests()[task]])
+    rules = {task: backend.batch_rule(task) for task in ("sentiment", "ner", "ask", "mask", "embed", "generate", "translate")}
+    assert rules == {"sentiment": "any", "ner": "any", "ask": "any", "mask": "any", "embed": "any",
+                     "generate": "same width", "translate": "same width"}
+    fp32 = LocalBackend(dataclasses.replace(peaked_settings, dtype="float32"))
+    run(fp32, "sentiment", [first_requests()["sentiment"]])
+    assert not attention.rowwise(fp32._models[fp32._key("sentiment")].model)  # float32 keeps SDPA as it was
+    assert attention.rowwise(backend._models[backend._key("sentiment")].model)
 
 
 async def test_bf16_generation_batches_by_prompt_width_not_prompt_plus_new_tokens(peaked_settings):

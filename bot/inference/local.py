@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bot.inference import fetch, hub, loading
+from bot.inference import attention, fetch, hub, loading
 from bot.inference.device import device_memory, dtype_name, native_bf16, resolve_device, resolve_dtypes
 from bot.inference.errors import ModelUnavailable
 from bot.inference.tasks import TASKS, BatchContext, ModelInfo, Prepared
@@ -279,12 +279,16 @@ class LocalBackend:
 
     def batch_rule(self, task: str) -> str:
         """Which rows the executor may batch together so that answers stay the same as alone:
-        "any" in float32; "same width" in half precision, where padding wider changes the answer
-        (executor.cut_batch); "alone" with int8, whose activations are quantized with one scale per
+        "any" in float32, and in half precision for encoders running attention row by row
+        (bot/inference/attention.py); "same width" for other models in half precision, where
+        padding wider changes the answer (executor.cut_batch); "alone" with int8, whose activations are quantized with one scale per
         batch (companions moved scores by 0.5 % even at one width)."""
         if self._quantized():
             return "alone"
-        return "any" if self._dtype_of(self._key(task)) == torch.float32 else "same width"
+        key = self._key(task)
+        loaded = self._models.get(key)  # before the load, the safe rule: the model decides (attention.py)
+        return "any" if self._dtype_of(key) == torch.float32 or (loaded and attention.rowwise(loaded.model)) \
+            else "same width"
 
     def _quantized(self) -> bool:
         return self.settings.quantize == "int8" and self.device.type == "cpu"
@@ -310,6 +314,8 @@ class LocalBackend:
         model = cast(model, self.device, dtype).eval()
         if self._quantized():
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif dtype != torch.float32 and attention.use_rowwise(model):  # rows of any width may share a batch
+            log.info("%s: attention row by row (half precision answers independent of padding)", checkpoint)
         nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
         seconds = time.perf_counter() - started
         log.info("Loaded %s in %.1fs (%.0f MB)", checkpoint, seconds, nbytes / 2**20)

@@ -165,10 +165,14 @@ def padded_width(tokens: int) -> int:
 
 
 def pad_multiple(model: Any) -> int:
-    """PAD_MULTIPLE in half precision; 1 in fp32, where rounding the width up is only extra work
-    (6-13 % on a short text alone, BENCHMARKS.md "One client, paired") and answers do not depend on
-    the padding (to well within the invariance tests' tolerance)."""
-    return PAD_MULTIPLE if next(model.parameters()).dtype in (torch.float16, torch.bfloat16) else 1
+    """PAD_MULTIPLE in half precision, unless the model runs attention row by row (attention.py:
+    padding then changes nothing); 1 in fp32, where rounding the width up is only extra work (6-13 %
+    on a short text alone, BENCHMARKS.md "One client, paired") and answers do not depend on the
+    padding (to well within the invariance tests' tolerance)."""
+    from bot.inference.attention import rowwise
+
+    half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
+    return PAD_MULTIPLE if half and not rowwise(model) else 1
 
 
 def pad_rows(

@@ -1,0 +1,108 @@
+"""Row-by-row attention (bot/inference/attention.py) in bf16 on the real-size random-weight models
+that `automodel-bot bench` builds, two parts:
+
+  identity TASK   each text padded to several widths and in mixed batches, row by row, against the
+                  plain SDPA model on the text alone and unpadded: how many answers differ (0 expected)
+                  and by how much; plain SDPA at the same widths for contrast.
+  speed TASK CLIENTS REQUESTS
+                  one process, closed loop, sides A B C D D C B A on the same heavy-tailed requests:
+                  naive fp32, the fp32 executor, the bf16 executor with SDPA over the padded batch
+                  (the same-width rule, rows padded to 8: the code before row-by-row attention) and
+                  the bf16 executor row by row (any widths batch together).
+
+PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python scripts/precision/row_by_row.py identity sentiment
+PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python scripts/precision/row_by_row.py speed sentiment 1,8,32 128
+"""
+
+import asyncio
+import random
+import sys
+from pathlib import Path
+
+import torch
+
+from bot import bench
+from bot.inference.attention import use_rowwise
+from bot.inference.tasks import TASKS
+from bot.settings import load_settings
+from bot.synthetic import build_checkpoints
+
+MODELS = Path.home() / ".cache/automodel-bot/bench-models"
+
+
+def identity(task: str) -> None:
+    import transformers
+
+    torch.set_num_threads(2)
+    checkpoint = build_checkpoints(MODELS, "real")[task]
+    auto = getattr(transformers, TASKS[task].auto_class_name)
+    plain = auto.from_pretrained(checkpoint, attn_implementation="sdpa").eval().to(torch.bfloat16)
+    rows = auto.from_pretrained(checkpoint, attn_implementation="sdpa").eval().to(torch.bfloat16)
+    assert use_rowwise(rows)
+
+    def out(model, ids, mask, n):  # the row's real positions of the model's first output
+        result = model(input_ids=ids, attention_mask=mask)
+        first = next(v for v in result.values() if torch.is_tensor(v))
+        return first[:, :n].float() if first.dim() > 2 or task == "ask" else first.float()
+
+    torch.manual_seed(0)
+    for name, model in (("plain SDPA", plain), ("row by row", rows)):
+        differ = total = 0
+        worst = 0.0
+        with torch.inference_mode():
+            for n in (5, 10, 13, 21, 37, 100):
+                ids = torch.randint(1000, 2000, (1, n))
+                alone = out(plain, ids, torch.ones(1, n, dtype=torch.long), n)
+                for width in (16 * (-(-n // 16)), 128, 256):
+                    padded = torch.zeros(1, width, dtype=torch.long)
+                    padded[:, :n] = ids
+                    mask = (padded != 0).long()
+                    d = (out(model, padded, mask, n) - alone).abs().max().item()
+                    total, differ, worst = total + 1, differ + (d > 0), max(worst, d)
+            for _ in range(3):  # mixed batches of six lengths
+                lengths = [int(x) for x in torch.randint(3, 120, (6,))]
+                ids = torch.randint(1000, 2000, (6, max(lengths)))
+                for i, n in enumerate(lengths):
+                    ids[i, n:] = 0
+                mask = (ids != 0).long()
+                for i, n in enumerate(lengths):
+                    alone = out(plain, ids[i:i + 1, :n], mask[i:i + 1, :n], n)
+                    d = (out(model, ids, mask, n)[i:i + 1] - alone).abs().max().item()
+                    total, differ, worst = total + 1, differ + (d > 0), max(worst, d)
+        print(f"{task} bf16, {name}: {differ}/{total} answers differ from the text alone and unpadded, worst {worst:.2e}")
+
+
+async def speed(task: str, clients: list[int], n: int) -> None:
+    rng = random.Random(11)
+    settings = load_settings()
+    checkpoint = build_checkpoints(MODELS, "real")[task]
+    naive = bench.Naive(task, checkpoint)
+    requests = [bench.make_request(task, t, rng, 20) for t in bench.heavy_tailed_texts(n, naive.tokenizer, 512 - 24, rng)]
+    rows = await bench.started_executor(task, checkpoint, settings, "bf16")
+    same_width = await bench.started_executor(task, checkpoint, settings, "bf16")
+    for loaded in same_width.backend._models.values():
+        loaded.model.set_attn_implementation("sdpa")  # SDPA over the padded batch, as before
+    assert same_width.backend.batch_rule(task) == "same width" and rows.backend.batch_rule(task) == "any"
+    fp32 = await bench.started_executor(task, checkpoint, settings, "fp32")
+
+    def via(executor):
+        async def call(request):
+            return await executor.submit(task, request, user_id=rng.randrange(1000))
+        return call
+
+    sides = {"naive fp32": naive, "fp32": via(fp32), "bf16 same width": via(same_width), "bf16 row by row": via(rows)}
+    for c in clients:
+        got = await bench.measure_sides(sides, c, lambda call, c=c: bench.closed_loop(c, requests, call), 0.0)
+        print(f"{task} {c} clients: " + ", ".join(f"{k} {v.rps:.1f} req/s (p99 {v.quantile(0.99) * 1000:.0f} ms)"
+                                                  for k, v in got.items())
+              + f"; row by row / same width {got['bf16 row by row'].rps / got['bf16 same width'].rps:.2f}x"
+              + f", row by row / fp32 {got['bf16 row by row'].rps / got['fp32'].rps:.2f}x", flush=True)
+    for executor in (rows, same_width, fp32):
+        await executor.shutdown()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "identity":
+        identity(sys.argv[2])
+    else:
+        asyncio.run(speed(sys.argv[2], [int(c) for c in sys.argv[3].split(",")], int(sys.argv[4])))

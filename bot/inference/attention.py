@@ -6,9 +6,10 @@ SDPA's kernels split the keys into blocks by length and round differently. The l
 layer norms and everything else in an encoder compute each token on its own and were measured
 bit-identical at any batch size and width. So running only the attention per row, on the row's
 real tokens and without a mask, gives every row exactly what the same model gives that text alone
-and unpadded: bit for bit, measured on real-size distilbert and bert-base at widths up to 256 and
-in mixed batches (BENCHMARKS.md "Half precision without the same-width rule"). Without this, half
-precision lanes may only batch rows of one padded width (the executor's same-width rule).
+and unpadded: bit for bit, measured on the five real-size encoders of the bench at widths up to 256
+and in mixed batches (BENCHMARKS.md "Half precision without the same-width rule"; on CPU, a GPU is
+not measured). Without this, half precision lanes may only batch rows of one padded width (the
+executor's same-width rule).
 
 Only for encoders (no causal mask, no cache) whose transformers class takes a registered
 attention function; other models keep SDPA and the same-width rule.

@@ -281,8 +281,8 @@ class LocalBackend:
         """Which rows the executor may batch together so that answers stay the same as alone:
         "any" in float32, and in half precision for encoders running attention row by row
         (bot/inference/attention.py); "same width" for other models in half precision, where
-        padding wider changes the answer (executor.cut_batch); "alone" with int8, whose activations are quantized with one scale per
-        batch (companions moved scores by 0.5 % even at one width)."""
+        padding wider changes the answer (executor.cut_batch); "alone" with int8, whose activations
+        are quantized with one scale per batch (companions moved scores by 0.5 % even at one width)."""
         if self._quantized():
             return "alone"
         key = self._key(task)

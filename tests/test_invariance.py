@@ -86,17 +86,45 @@ async def through_the_executor(settings, requests: list, task: str = "sentiment"
     return alone, list(batched), [size for _, size in backend.batches]
 
 
-async def test_bf16_encoders_batch_rows_of_any_width_bit_identical_to_alone(peaked_settings):
+ENCODER_REQUESTS = {  # one request per text of MIXED_TEXTS, for each encoder task
+    "sentiment": sentiment.SentimentRequest,
+    "ner": ner.NerRequest,
+    "embed": embed.EmbedRequest,
+    "mask": lambda text: mask.MaskRequest(f"{text} [MASK]."),
+    "ask": lambda text: ask.AskRequest("Who was in Paris?", text),
+}
+
+
+async def _bf16_through_the_executor(peaked_settings, task: str) -> tuple[list, list, list[set[int]]]:
+    settings = dataclasses.replace(peaked_settings, dtype="bfloat16", max_queued_per_user=100)
+    widths: list[set[int]] = []
+    alone, batched, _ = await through_the_executor(settings, [ENCODER_REQUESTS[task](t) for t in MIXED_TEXTS * 2],
+                                                   task=task, widths=widths)
+    return alone, batched, widths
+
+
+@pytest.mark.parametrize("task", ENCODER_REQUESTS)
+async def test_bf16_encoders_batch_rows_of_any_width_bit_identical_to_alone(peaked_settings, task):
     """In bf16 a row padded wider than alone rounds differently under SDPA (scores moved by up to
     0.0025 on the peaked model, 0.0005 on real-size distilbert). Encoders run attention row by row
     (bot/inference/attention.py), so once the model is loaded the executor batches rows of any width,
     and every answer is bit-identical to the row alone."""
-    settings = dataclasses.replace(peaked_settings, dtype="bfloat16", max_queued_per_user=100)
-    widths: list[set[int]] = []
-    alone, batched, sizes = await through_the_executor(settings, [sentiment.SentimentRequest(t) for t in MIXED_TEXTS * 2],
-                                                       widths=widths)
+    alone, batched, widths = await _bf16_through_the_executor(peaked_settings, task)
     assert any(len(batch) > 1 for batch in widths), widths  # a batch held rows of several widths
-    assert [r.scores for r in batched] == [r.scores for r in alone]  # exactly
+    assert batched == alone  # exactly
+
+
+async def test_attention_over_the_padded_batch_in_bf16_is_caught(peaked_settings, monkeypatch):
+    """The comparison above can fail: with plain SDPA over the padded batch registered in place of
+    the row-by-row function, mixed-width bf16 batches answer differently from alone."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    attention._register()
+    monkeypatch.setitem(AttentionInterface._global_mapping, attention.ROWWISE, sdpa_attention_forward)
+    alone, batched, widths = await _bf16_through_the_executor(peaked_settings, "sentiment")
+    assert any(len(batch) > 1 for batch in widths)
+    assert batched != alone
 
 
 def test_only_encoders_in_half_precision_lift_the_same_width_rule(peaked_settings):

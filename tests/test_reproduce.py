@@ -127,7 +127,8 @@ def printouts(backend, tmp_path_factory) -> dict[str, tuple[str, dict, object, o
     return bot_and_script_printouts(backend, tmp_path_factory.mktemp("scripts"), cases)
 
 
-# DTYPE=bfloat16 for every task: the scripts pad as the bot does, where padding moves half-precision digits.
+# DTYPE=bfloat16 for every task: the scripts run each encoder text alone and unpadded (the bot's rows
+# are bit-identical to that: attention.py) and pad /generate and /translate prompts as the bot does.
 BF16_CASES = ["sentiment", "embed", "embed-padded", "mask", "mask-several", "ner", "ask", "ask-windows"]
 
 

@@ -11,8 +11,9 @@ and in mixed batches (BENCHMARKS.md "Half precision without the same-width rule"
 not measured). Without this, half precision lanes may only batch rows of one padded width (the
 executor's same-width rule).
 
-Only for encoders (no causal mask, no cache) whose transformers class takes a registered
-attention function; other models keep SDPA and the same-width rule.
+Only for the encoder families measured (MEASURED: BERT and DistilBERT, the defaults' families) on
+CPU; other models keep SDPA and the same-width rule. (A sliding-window encoder such as ModernBERT
+would break it: its mask is not a padding mask.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 ROWWISE = "automodel_rowwise_sdpa"
+MEASURED = frozenset({"bert", "distilbert"})  # model_type: plain right-padding masks, full attention
 
 
 def rowwise_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -30,6 +32,7 @@ def rowwise_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
     on the right), the padded positions left at zero (nothing reads them)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    kwargs["is_causal"] = False  # encoders; without a mask SDPA would take the module's word for it
     if attention_mask is None:  # no padding in this batch
         return sdpa_attention_forward(module, query, key, value, None, **kwargs)
     visible = attention_mask[:, 0, 0, :]  # [batch, 1, query, key]: True (or 0.0 when additive) = attend
@@ -47,16 +50,20 @@ def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+    if ROWWISE in AttentionInterface._global_mapping:  # once per process
+        return
     AttentionInterface.register(ROWWISE, rowwise_sdpa)
     AttentionMaskInterface.register(ROWWISE, sdpa_mask)  # the boolean padding mask SDPA gets
 
 
 def use_rowwise(model: Any) -> bool:
-    """Switch an encoder to row-by-row attention; True when it now runs it. Decoders (causal masks,
-    caches) and classes that do not take a registered attention function keep theirs."""
+    """Switch an encoder of a MEASURED family to row-by-row attention; True when it now runs it.
+    Decoders (causal masks, caches), other families and classes that do not take a registered
+    attention function keep theirs."""
     config = model.config
     generates = getattr(model, "can_generate", lambda: False)()  # GPT-2 is not marked is_decoder
     if generates or getattr(config, "is_decoder", False) or getattr(config, "is_encoder_decoder", False) \
+            or getattr(config, "model_type", None) not in MEASURED \
             or not getattr(model, "_supports_attention_backend", False) \
             or getattr(config, "_attn_implementation", None) != "sdpa":
         return rowwise(model)

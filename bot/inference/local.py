@@ -314,7 +314,8 @@ class LocalBackend:
         model = cast(model, self.device, dtype).eval()
         if self._quantized():
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        elif dtype != torch.float32 and attention.use_rowwise(model):  # rows of any width may share a batch
+        elif dtype != torch.float32 and self.device.type == "cpu" and attention.use_rowwise(model):  # any widths batch
+            # (CPU only: on a GPU, kernels picked by matrix size may round differently; not measured)
             log.info("%s: attention row by row (half precision answers independent of padding)", checkpoint)
         nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
         seconds = time.perf_counter() - started

@@ -88,7 +88,10 @@ class AskTask(Task):
         in_context = [flags for prepared in batch for flags in prepared.extra["in_context"]]
         allowed = pad_rows([{"input_ids": [int(f) for f in flags]} for flags in in_context], 0, inputs["input_ids"].device,
                            multiple=pad_multiple(model))
-        spans = best_spans(outputs.start_logits.float(), outputs.end_logits.float(), allowed["input_ids"].bool())
+        start, end, allowed = outputs.start_logits.float(), outputs.end_logits.float(), allowed["input_ids"].bool()
+        # Each window on its own length: a softmax over a padded width sums in another order.
+        spans = [span for row, n in enumerate(inputs["attention_mask"].sum(1).tolist())
+                 for span in best_spans(start[row:row + 1, :n], end[row:row + 1, :n], allowed[row:row + 1, :n])]
         results = []
         for prepared, window_spans in zip(batch, split_counts(spans, counts)):
             window, (score, s, e) = max(enumerate(window_spans), key=lambda item: item[1][0])

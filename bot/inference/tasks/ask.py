@@ -83,11 +83,12 @@ class AskTask(Task):
 
     def predict(self, model, tokenizer, batch, ctx: BatchContext) -> list[AskResult]:
         rows, counts = flatten_rows(batch)
-        inputs = pad_rows(rows, tokenizer.pad_token_id, model_device(model), multiple=pad_multiple(model))
+        multiple = pad_multiple(model)
+        inputs = pad_rows(rows, tokenizer.pad_token_id, model_device(model), multiple=multiple)
         outputs = model(**inputs)
         in_context = [flags for prepared in batch for flags in prepared.extra["in_context"]]
         allowed = pad_rows([{"input_ids": [int(f) for f in flags]} for flags in in_context], 0, inputs["input_ids"].device,
-                           multiple=pad_multiple(model))
+                           multiple=multiple)
         start, end, allowed = outputs.start_logits.float(), outputs.end_logits.float(), allowed["input_ids"].bool()
         # Each window on its own length: a softmax over a padded width sums in another order.
         spans = [span for row, n in enumerate(inputs["attention_mask"].sum(1).tolist())

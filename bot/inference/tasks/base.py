@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from bot.inference.attention import rowwise
 from bot.inference.errors import InputError, InputTooLong
 
 if TYPE_CHECKING:
@@ -158,10 +159,11 @@ def encoding_row(encoding: Any, index: int | None = None) -> dict[str, list[int]
 PAD_MULTIPLE = 8  # half-precision rows are padded to a multiple of this, alone or batched
 
 
-def padded_width(tokens: int) -> int:
-    """The width a half-precision row of `tokens` is padded to: rows of one such width give the same
-    answer in any batch (the executor's same-width rule), and GPU kernels prefer multiples of 8."""
-    return -(-tokens // PAD_MULTIPLE) * PAD_MULTIPLE
+def padded_width(tokens: int, multiple: int = PAD_MULTIPLE) -> int:
+    """The width a row of `tokens` is padded to, by default as a half-precision row is: rows of one
+    such width give the same answer in any batch (the executor's same-width rule), and GPU kernels
+    prefer multiples of 8."""
+    return -(-tokens // multiple) * multiple
 
 
 def pad_multiple(model: Any) -> int:
@@ -169,8 +171,6 @@ def pad_multiple(model: Any) -> int:
     padding then changes nothing); 1 in fp32, where rounding the width up is only extra work (6-13 %
     on a short text alone, BENCHMARKS.md "One client, paired") and answers do not depend on the
     padding (to well within the invariance tests' tolerance)."""
-    from bot.inference.attention import rowwise
-
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
     return PAD_MULTIPLE if half and not rowwise(model) else 1
 
@@ -180,7 +180,7 @@ def pad_rows(
     multiple: int = PAD_MULTIPLE,
 ) -> dict[str, torch.Tensor]:
     """Pad rows to a common length: the longest, rounded up to `multiple` (pad_multiple(model))."""
-    width = -(-max(len(r["input_ids"]) for r in rows) // multiple) * multiple
+    width = padded_width(max(len(r["input_ids"]) for r in rows), multiple)
     out: dict[str, torch.Tensor] = {}
     for key in rows[0]:
         fill = pad_id if key == "input_ids" else 0

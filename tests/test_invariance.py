@@ -141,6 +141,24 @@ def test_only_encoders_in_half_precision_lift_the_same_width_rule(peaked_setting
     assert attention.rowwise(backend._models[backend._key("sentiment")].model)
 
 
+def test_row_by_row_attention_only_for_the_measured_families():
+    """ModernBERT (sliding-window layers: its mask is not a padding mask) and RoBERTa take registered
+    attention functions too, but were not measured: they keep SDPA and the same-width rule."""
+    import torch
+    from transformers import AutoModel, BertConfig, ModernBertConfig, RobertaConfig
+
+    small = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 pad_token_id=0)
+    configs = [ModernBertConfig(**small, local_attention=8, bos_token_id=1, eos_token_id=2, cls_token_id=1,
+                                sep_token_id=2), RobertaConfig(**small), BertConfig(**small)]
+    switched = {}
+    for config in configs:
+        model = AutoModel.from_config(config, attn_implementation="sdpa").to(torch.bfloat16)
+        assert model._supports_attention_backend  # only the list of measured families keeps them out
+        switched[config.model_type] = attention.use_rowwise(model)
+    assert switched == {"modernbert": False, "roberta": False, "bert": True}
+
+
 async def test_bf16_generation_batches_by_prompt_width_not_prompt_plus_new_tokens(peaked_settings):
     """A generation row is padded to its prompt's width (the new tokens are not padding): prompts
     of 7 and 9 tokens pad to 8 and 16 alone, so they must not share a batch, although with 12 new

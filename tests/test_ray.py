@@ -11,6 +11,7 @@ rolling /admin reload, and shutdown with requests in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -66,6 +67,18 @@ def kill_replica(deployment: str) -> None:
     [name] = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)  # SERVE_REPLICA::app#deployment#id
               if a["name"].startswith("SERVE_REPLICA::") and a["name"].split("#")[1] == deployment]
     ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+
+
+@contextlib.asynccontextmanager
+async def replica_stopped(executor: RayExecutor, deployment: str):
+    """The deployment's (only) replica stopped with SIGSTOP (alive, silent) until the block ends."""
+    await executor.refresh()
+    [replica] = [r for r in executor.replicas if r["deployment"] == deployment]
+    os.kill(replica["pid"], signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(replica["pid"], signal.SIGCONT)
 
 
 @pytest.fixture(scope="module")
@@ -240,15 +253,11 @@ async def test_a_call_without_word_from_its_replica_is_resent_as_an_actor_call(e
 
     expected = await executor.submit("ner", request)
     ran, before = await served(), executor.resent["ner"]
-    [replica] = [r for r in executor.replicas if r["deployment"] == "ner"]
     monkeypatch.setattr(ray_client, "FIRST_EVENT_WAIT", 1.0)
-    os.kill(replica["pid"], signal.SIGSTOP)
-    answer = asyncio.ensure_future(executor.submit("ner", request, timeout=60))
-    try:
+    async with replica_stopped(executor, "ner"):
+        answer = asyncio.ensure_future(executor.submit("ner", request, timeout=60))
         await wait_until(lambda: executor.resent["ner"] == before + 1, "the call to be resent")
-    finally:
-        os.kill(replica["pid"], signal.SIGCONT)
-        monkeypatch.undo()  # the wait is the bot's again before any other call
+    monkeypatch.undo()  # the wait is the bot's again before any other call
     try:
         assert (await asyncio.wait_for(answer, 30)) == expected
     finally:
@@ -262,14 +271,9 @@ async def test_a_replica_that_hangs_ends_its_requests_at_their_deadline(executor
     """A replica stopped (SIGSTOP: alive, silent) cannot answer: the bot stops waiting once the
     deadline and DEADLINE_SLACK have passed, and the request ends as DeadlineExceeded."""
     monkeypatch.setattr(ray_client, "DEADLINE_SLACK", 1.0)
-    await executor.refresh()
-    [replica] = [r for r in executor.replicas if r["deployment"] == "ner"]
-    os.kill(replica["pid"], signal.SIGSTOP)
-    try:
+    async with replica_stopped(executor, "ner"):
         with pytest.raises(DeadlineExceeded):
             await asyncio.wait_for(executor.submit("ner", first_requests()["ner"], timeout=1.0), 30)
-    finally:
-        os.kill(replica["pid"], signal.SIGCONT)
     assert executor._jobs == {}
     await asyncio.wait_for(_until_answers(executor, "ner", first_requests()["ner"]), 60)
 

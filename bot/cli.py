@@ -294,7 +294,7 @@ def build_request(args: argparse.Namespace) -> Any:
 def cmd_try(args: argparse.Namespace, settings: Settings) -> int:
     from bot.inference.executor import Executor
     from bot.render import as_text
-    from bot.reproduce import script, spec_for
+    from bot.reproduce import backend_spec, script
 
     request = build_request(args)
 
@@ -303,9 +303,7 @@ def cmd_try(args: argparse.Namespace, settings: Settings) -> int:
         await executor.start()
         try:
             result = await executor.submit(args.task, request)
-            backend = executor.backend
-            spec = spec_for(args.task, request, result, backend.checkpoints[args.task], *backend.precision(args.task))
-            return result, script(spec)
+            return result, script(backend_spec(executor.backend, args.task, request, result))
         finally:
             await executor.shutdown()
 

@@ -20,7 +20,7 @@ import discord
 
 from bot.download import shown_checkpoint
 from bot.render import CONTENT_LIMIT
-from bot.reproduce import script, spec_for
+from bot.reproduce import backend_spec, script
 from bot.tree import NO_PINGS
 
 if TYPE_CHECKING:
@@ -80,8 +80,7 @@ async def code_view(bot: AutoModelBot, task: str, request: Any, result: Any) -> 
     if bot.code_store is None:
         return None
     try:
-        backend = bot.executor.backend
-        spec = spec_for(task, request, result, backend.checkpoints[task], *backend.precision(task))
+        spec = backend_spec(bot.executor.backend, task, request, result)
         key = await asyncio.to_thread(bot.code_store.put, spec)
     except Exception as err:
         log.warning("The /%s reply goes out without its Code button: %s", task, err)

@@ -31,8 +31,9 @@ WHY = {
     "sentiment": "AutoModelForSequenceClassification: one score per label for the whole text.",
     "embed": "AutoModel: the bare model's last hidden states, mean-pooled into one vector per text.",
 }
-# Tasks whose models the bot runs with attention row by row in half precision (attention.py): each
-# row's answer is the model's on that text alone and unpadded, so scripts run each text alone too.
+# Tasks whose default models the bot runs packed on CPU (attention.py): each row's answer is the
+# model's on that text alone and unpadded, so scripts run each text alone too. For a spec stored
+# before specs said it themselves (ScriptSpec.packed).
 ROW_BY_ROW = frozenset({"sentiment", "embed", "mask", "ner", "ask"})
 WRAP = 72  # longer texts become one literal per line, joined by Python's implicit concatenation
 
@@ -50,9 +51,11 @@ class ScriptSpec:
     mask_token: str | None = None  # /mask: the model's mask token
     chunks: int = 1  # /translate: pieces the text was translated in
     local_path_hidden: bool = False  # the checkpoint is a local folder shown by name only
+    packed: bool | None = None  # the bot ran the model packed (each row as alone, unpadded); None: by task
 
 
-def spec_for(task: str, request: Any, result: Any, checkpoint: str, dtype: str = "float32", quantize: str = "none") -> ScriptSpec:
+def spec_for(task: str, request: Any, result: Any, checkpoint: str, dtype: str = "float32", quantize: str = "none",
+             packed: bool | None = None) -> ScriptSpec:
     """The spec of one finished request: its request, plus what only the result knows."""
     return ScriptSpec(
         task,
@@ -63,7 +66,13 @@ def spec_for(task: str, request: Any, result: Any, checkpoint: str, dtype: str =
         seed=getattr(result, "seed", None),
         mask_token=getattr(result, "mask_token", None),
         chunks=getattr(result, "chunks", 1),
+        packed=packed,
     )
+
+
+def backend_spec(backend: Any, task: str, request: Any, result: Any) -> ScriptSpec:
+    """The spec of a request `backend` (local or Ray) ran: with its checkpoint, precision and packing."""
+    return spec_for(task, request, result, backend.checkpoints[task], *backend.precision(task), backend.packed(task))
 
 
 def literal(text: str) -> str:
@@ -92,10 +101,11 @@ def script(spec: ScriptSpec) -> str:
     build = _BODIES[spec.task]
     inputs, body = build(spec)
     # In half precision, padding changes the last digits: pad as the bot pads (bot.inference.tasks.base),
-    # except for the encoders, whose rows the bot computes as if alone and unpadded (attention.py).
+    # except where the bot ran the model packed, each row as alone and unpadded (attention.py).
     half = spec.dtype in ("bfloat16", "float16")
     pads_like_the_bot = "__PAD__" in body or "__MULTIPLE__" in body
-    pad = half and spec.task not in ROW_BY_ROW
+    packed = spec.packed if spec.packed is not None else spec.task in ROW_BY_ROW
+    pad = half and not packed
     multiple = f", pad_to_multiple_of={PAD_MULTIPLE}" if pad else ""
     body = body.replace("__PAD__", ", padding=True" + multiple if pad else "").replace("__MULTIPLE__", multiple)
     auto = TASKS[spec.task].auto_class_name

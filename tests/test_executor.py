@@ -118,6 +118,15 @@ def test_cut_batch_same_width_takes_only_rows_padded_like_the_anchor():
     assert len(cut_batch(window, max_size=32, budget=10_000, max_padding=1.0)) == 6  # fp32: padding allowed
 
 
+def test_cut_batch_packed_takes_any_lengths_and_counts_real_tokens():
+    """A packed model computes no padding (attention.py): short and long rows go together, and the
+    budget is the rows' real tokens."""
+    window = [job_of_length(10), job_of_length(12), job_of_length(400)]
+    assert len(cut_batch(window, max_size=32, budget=422, packed=True)) == 3  # padded: 3 × 400 tokens
+    assert sorted(j.prepared.sort_key for j in cut_batch(window, max_size=32, budget=421, packed=True)) == [10, 12]
+    assert len(cut_batch(window, max_size=2, budget=10_000, packed=True)) == 2
+
+
 def test_a_returning_user_keeps_their_place_in_line():
     """Line order is when a user's next job joined it: a user served earlier who asks again is not
     put behind everyone who arrived after them (before: behind every newcomer, the p99 tail)."""

@@ -115,8 +115,8 @@ async def test_bf16_encoders_batch_rows_of_any_width_bit_identical_to_alone(peak
 
 
 async def test_attention_over_the_padded_batch_in_bf16_is_caught(peaked_settings, monkeypatch):
-    """The comparison above can fail: with plain SDPA over the padded batch registered in place of
-    the row-by-row function, mixed-width bf16 batches answer differently from alone."""
+    """The comparison above can fail: with plain SDPA registered in place of the row-by-row function
+    (over the packed batch, rows then attend to each other), batched answers differ from alone."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -127,18 +127,42 @@ async def test_attention_over_the_padded_batch_in_bf16_is_caught(peaked_settings
     assert batched != alone
 
 
-def test_only_encoders_in_half_precision_lift_the_same_width_rule(peaked_settings):
+def test_encoders_run_packed_in_every_dtype_and_others_keep_the_same_width_rule(peaked_settings):
     backend = LocalBackend(dataclasses.replace(peaked_settings, dtype="bfloat16"))
     assert backend.batch_rule("sentiment") == "same width"  # before its model is loaded: the safe rule
     for task in ("sentiment", "ner", "ask", "mask", "embed", "generate", "translate"):
         run(backend, task, [first_requests()[task]])
     rules = {task: backend.batch_rule(task) for task in ("sentiment", "ner", "ask", "mask", "embed", "generate", "translate")}
-    assert rules == {"sentiment": "any", "ner": "any", "ask": "any", "mask": "any", "embed": "any",
+    assert rules == {"sentiment": "packed", "ner": "packed", "ask": "packed", "mask": "packed", "embed": "packed",
                      "generate": "same width", "translate": "same width"}
     fp32 = LocalBackend(dataclasses.replace(peaked_settings, dtype="float32"))
     run(fp32, "sentiment", [first_requests()["sentiment"]])
-    assert not attention.rowwise(fp32._models[fp32._key("sentiment")].model)  # float32 keeps SDPA as it was
-    assert attention.rowwise(backend._models[backend._key("sentiment")].model)
+    run(fp32, "generate", [first_requests()["generate"]])
+    assert (fp32.batch_rule("sentiment"), fp32.batch_rule("generate")) == ("packed", "any")
+    int8 = LocalBackend(dataclasses.replace(peaked_settings, dtype="float32", quantize="int8"))
+    run(int8, "sentiment", [first_requests()["sentiment"]])
+    assert int8.batch_rule("sentiment") == "alone" and not int8.packed("sentiment")
+
+
+def test_packed_encoders_compute_no_padded_token(peaked_settings):
+    """Rows of different lengths go through the encoder's layers as one row of their real tokens
+    (attention.py), and come out as the padded batch the task reads."""
+    backend = LocalBackend(dataclasses.replace(peaked_settings, dtype="bfloat16"))
+    requests = [sentiment.SentimentRequest(text) for text in MIXED_TEXTS]
+    prepared = [backend.prepare("sentiment", request) for request in requests]
+    run(backend, "sentiment", requests[:1])  # loads the model
+    model = backend._models[backend._key("sentiment")].model
+    seen: list[tuple[int, ...]] = []
+    layer = model.base_model.transformer.layer[0]  # distilbert
+    hook = layer.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[:2])))
+    try:
+        together = run(backend, "sentiment", requests)
+    finally:
+        hook.remove()
+    lengths = [len(p.rows[0]["input_ids"]) for p in prepared]
+    assert len(set(lengths)) > 1
+    assert seen == [(1, sum(lengths))]  # one row, no padding
+    assert together == [run(backend, "sentiment", [request])[0] for request in requests]
 
 
 def test_row_by_row_attention_only_for_the_measured_families():

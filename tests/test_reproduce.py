@@ -28,7 +28,7 @@ from bot.inference.tasks.mask import MaskRequest
 from bot.inference.tasks.ner import NerRequest
 from bot.inference.tasks.translate import TranslateRequest
 from bot.render import CONTENT_LIMIT, as_text
-from bot.reproduce import literal, script, spec_for
+from bot.reproduce import backend_spec, literal, script, spec_for
 from tests.answers import CASES, LONG, SHORT, run, task_of
 from tests.test_settings_cli import run_cli
 
@@ -112,7 +112,7 @@ def bot_and_script_printouts(backend, folder: Path, cases: dict) -> dict[str, tu
             companions = [c for c in companions if padded_width(backend.prepare(task, c).longest) == width]
         position = 1 if companions else 0
         result = run(backend, task, [*companions[:1], request, *companions[1:]])[position]
-        spec = spec_for(task, request, result, backend.checkpoints[task], *backend.precision(task))
+        spec = backend_spec(backend, task, request, result)
         path = folder / f"{case}.py"
         path.write_text(script(spec), encoding="utf-8")
         paths.append(path)
@@ -215,6 +215,23 @@ def test_a_script_too_long_for_a_message_is_attached_as_a_file(backend):
     assert len(source) > CONTENT_LIMIT
     assert message["content"] == "The script for this /ask reply is attached (too long for a message)."
     assert message["file"].filename == "ask.py" and message["file"].fp.read().decode() == source
+
+
+def test_a_script_pads_like_the_bot_unless_the_bot_ran_the_model_packed(peaked_settings):
+    """The spec says how the backend ran the model: packed (each row as alone, unpadded), or padded
+    to a multiple of 8 in half precision, as a checkpoint of a family not measured for packing is."""
+    import dataclasses
+
+    request = CASES["sentiment"][0]
+    bf16 = LocalBackend(dataclasses.replace(peaked_settings, dtype="bfloat16"))
+    [result] = run(bf16, "sentiment", [request])
+    spec = backend_spec(bf16, "sentiment", request, result)
+    assert spec.packed and spec.dtype == "bfloat16"
+    assert "padding=True" not in script(spec)
+    spec.packed = False
+    assert 'tokenizer(text, return_tensors="pt", padding=True, pad_to_multiple_of=8)' in script(spec)
+    int8 = LocalBackend(dataclasses.replace(peaked_settings, quantize="int8"))  # quantized models stay unpacked
+    assert backend_spec(int8, "sentiment", request, run(int8, "sentiment", [request])[0]).packed is False
 
 
 def test_a_script_keeps_the_bots_precision_and_says_when_a_path_is_hidden(backend):

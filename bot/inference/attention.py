@@ -1,49 +1,107 @@
-"""Attention computed row by row, each row at its own length: in half precision this makes a row's
-answer independent of how wide its batch is padded, so rows of any lengths can share a batch.
+"""Encoders run packed, with attention computed row by row: the rows of a batch go through the
+layers as one row of their real tokens, so no layer computes a padded token and rows of any
+lengths share a batch at no cost; in half precision each row is also bit-identical to alone.
 
-Why: in bf16, padding a row wider moved its scores (up to 0.0005 on real-size distilbert), because
-SDPA's kernels split the keys into blocks by length and round differently. The linear layers,
-layer norms and everything else in an encoder compute each token on its own and were measured
-bit-identical at any batch size and width. So running only the attention per row, on the row's
-real tokens and without a mask, gives every row exactly what the same model gives that text alone
-and unpadded: bit for bit, measured on the five real-size encoders of the bench at widths up to 256
-and in mixed batches (BENCHMARKS.md "Half precision without the same-width rule"; on CPU, a GPU is
-not measured). Without this, half precision lanes may only batch rows of one padded width (the
-executor's same-width rule).
+Why it is exact: in an encoder only attention mixes tokens. The linear layers, layer norms and
+everything else compute each token on its own and were measured bit-identical at any batch size and
+width in bf16. So hooks around the encoder's layer stack lay the rows' real tokens one after another
+in a single row, attention runs on each row's tokens alone, and the output goes back into the padded
+batch for the model's head. In bf16 every row is then exactly what the same model gives that text
+alone and unpadded: bit for bit, measured on the five real-size encoders of the bench at widths up
+to 256 and in mixed batches (BENCHMARKS.md "Half precision without the same-width rule", "Packed
+encoders"). With plain SDPA over a padded batch, padding a row wider moved its scores (up to 0.0005
+on real-size distilbert: SDPA's kernels split the keys into blocks by length), so half-precision
+lanes could only batch rows of one padded width (the executor's same-width rule). In float32 a
+packed row differs from alone in the last bits, as a padded one does, and packing is simply faster
+(1.13–1.36× at 8 and 32 clients).
 
 Only for the encoder families measured (MEASURED: BERT and DistilBERT, the defaults' families) on
-CPU; other models keep SDPA and the same-width rule. (A sliding-window encoder such as ModernBERT
-would break it: its mask is not a padding mask.)
+CPU; other models keep SDPA and padding. (A sliding-window encoder such as ModernBERT would break
+it: its mask is not a padding mask.) A GPU is not measured: kernels picked by matrix size may round
+differently there.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from typing import Any
 
 import torch
 
 ROWWISE = "automodel_rowwise_sdpa"
-MEASURED = frozenset({"bert", "distilbert"})  # model_type: plain right-padding masks, full attention
+# model_type → the attribute of the base model holding its layer stack: plain right-padding masks, full
+# attention (the families measured)
+MEASURED = {"bert": "encoder", "distilbert": "transformer"}
+PACKED = "automodel_packed"  # the keyword that carries a Packed from the encoder to its attention calls
 
 
 def rowwise_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                  attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """transformers' SDPA on each row's real keys alone (the padding mask says how many: padding is
-    on the right), the padded positions left at zero (nothing reads them)."""
+    """transformers' SDPA on each row's tokens alone. Packed (the encoder's hooks below): the rows'
+    tokens lie one after another in one row, `Packed.lengths` long each. Unpacked (a batch that did
+    not pass the hooks): each padded row on its real keys, the padding mask says how many."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     kwargs["is_causal"] = False  # encoders; without a mask SDPA would take the module's word for it
-    if attention_mask is None:  # no padding in this batch
+    packed = kwargs.pop(PACKED, None)
+    if packed is None and attention_mask is None:  # rows of one width, no padding
         return sdpa_attention_forward(module, query, key, value, None, **kwargs)
-    visible = attention_mask[:, 0, 0, :]  # [batch, 1, query, key]: True (or 0.0 when additive) = attend
-    lengths = (visible if visible.dtype == torch.bool else visible == 0).sum(-1).tolist()
+
+    def alone(row: int, start: int, length: int) -> torch.Tensor:
+        tokens = (slice(row, row + 1), slice(None), slice(start, start + length))
+        return sdpa_attention_forward(module, query[tokens], key[tokens], value[tokens], None, **kwargs)[0][0]
+
     batch, heads, width, _ = query.shape
-    out = query.new_zeros(batch, width, heads, value.shape[-1])
-    for row, length in enumerate(lengths):
-        rows = slice(row, row + 1)
-        out[row, :length] = sdpa_attention_forward(module, query[rows, :, :length], key[rows, :, :length],
-                                                   value[rows, :, :length], None, **kwargs)[0][0]
+    out = query.new_zeros(batch, width, heads, value.shape[-1])  # padded positions stay zero: nothing reads them
+    if packed is not None:
+        for start, length in zip(itertools.accumulate(packed.lengths, initial=0), packed.lengths):
+            out[0, start:start + length] = alone(0, start, length)
+    else:
+        for row, length in enumerate(_visible(attention_mask).sum(-1).tolist()):
+            out[row, :length] = alone(row, 0, length)
     return out, None
+
+
+def _visible(mask: torch.Tensor) -> torch.Tensor:
+    """[batch, key] True where a row's key is a real token, from the 4-D mask attention gets
+    ([batch, 1, query, key]: True, or 0.0 when additive, = attend; padding is on the right)."""
+    visible = mask[:, 0, 0, :]
+    return visible if visible.dtype == torch.bool else visible == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Packed:
+    """How a padded batch was packed: where its real tokens were ([rows, width]), and how many per row."""
+
+    visible: torch.Tensor
+    lengths: tuple[int, ...]
+
+
+def _pack(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+    """The encoder's input [rows, width, hidden] with its padding mask → [1, real tokens, hidden], so
+    no layer computes a padded token; the lengths travel to rowwise_sdpa with the layers' kwargs."""
+    names = ("hidden_states", "attention_mask")
+    given = dict(zip(names, args)) | {k: kwargs[k] for k in names if k in kwargs}
+    hidden, mask = given["hidden_states"], given.get("attention_mask")
+    if mask is None:  # rows of one width, nothing to remove
+        return None
+    kwargs = {k: v for k, v in kwargs.items() if k not in names}
+    visible = _visible(mask)
+    kwargs[PACKED] = Packed(visible, tuple(visible.sum(-1).tolist()))
+    return (hidden[visible].unsqueeze(0), None, *args[2:]), kwargs
+
+
+def _unpack(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
+    """The encoder's packed output back to [rows, width, hidden], padding at zero (nothing reads it)."""
+    packed = kwargs.get(PACKED)
+    if packed is None:
+        return None
+    hidden = output.last_hidden_state[0]
+    rows = hidden.new_zeros(*packed.visible.shape, hidden.shape[-1])
+    rows[packed.visible] = hidden
+    output.last_hidden_state = rows
+    return output
 
 
 def _register() -> None:
@@ -67,11 +125,16 @@ def use_rowwise(model: Any) -> bool:
             or not getattr(model, "_supports_attention_backend", False) \
             or getattr(config, "_attn_implementation", None) != "sdpa":
         return rowwise(model)
+    stack = getattr(model.base_model, MEASURED[config.model_type], None)
+    if stack is None:  # a layout not measured (a model switched already returned above: hooks once)
+        return False
     _register()
     try:
         model.set_attn_implementation(ROWWISE)
     except (ValueError, TypeError, AttributeError):
         return False
+    stack.register_forward_pre_hook(_pack, with_kwargs=True)
+    stack.register_forward_hook(_unpack, with_kwargs=True)
     return rowwise(model)
 
 

@@ -152,7 +152,8 @@ class Lane:
 
 
 def cut_batch(
-    window: list[Job], max_size: int, budget: int, max_padding: float = 0.2, same_width: bool = False
+    window: list[Job], max_size: int, budget: int, max_padding: float = 0.2, same_width: bool = False,
+    packed: bool = False,
 ) -> list[Job]:
     """The batch to run next: the window's first job (the anchor) plus the jobs nearest to it in
     length, while rows × padded length stays within `budget` tokens and padding stays under
@@ -160,7 +161,10 @@ def cut_batch(
 
     `same_width`: only jobs padded to the anchor's own width, as each would be alone. In bf16 a row
     padded wider rounds differently (scores moved by up to 0.05 % on real-size distilbert,
-    BENCHMARKS.md); rows of one width give bit-identical answers in any batch."""
+    BENCHMARKS.md); rows of one width give bit-identical answers in any batch.
+
+    `packed`: the model computes no padded token (attention.py), so the budget counts real tokens
+    and rows of any lengths go together."""
     anchor = window[0]
     ordered = sorted(window, key=lambda j: j.prepared.sort_key)
     low = high = ordered.index(anchor)
@@ -170,10 +174,10 @@ def cut_batch(
     def fits(job: Job) -> bool:
         new_rows = rows + len(job.prepared.rows)
         width = max(longest, job.prepared.longest)
-        within_budget = new_rows * padded_width(width) <= budget
-        little_padding = new_rows * width <= (1 + max_padding) * (real + job.prepared.cost)
+        tokens = real + job.prepared.cost if packed else new_rows * padded_width(width)
+        little_padding = packed or new_rows * width <= (1 + max_padding) * (real + job.prepared.cost)
         alike = not same_width or padded_width(job.prepared.input_width) == width_alone
-        return within_budget and little_padding and alike
+        return tokens <= budget and little_padding and alike
 
     while high - low + 1 < max_size:
         below = ordered[low - 1] if low > 0 else None
@@ -440,7 +444,7 @@ class Executor(JobTable):
             return [], dropped
         rule = getattr(self.backend, "batch_rule", lambda task: "any")(lane.task)  # what keeps answers as alone
         batch = cut_batch(window, 1 if rule == "alone" else self.max_batch_size, self.batch_token_budget,
-                          TASKS[lane.task].max_padding, same_width=rule == "same width")
+                          TASKS[lane.task].max_padding, same_width=rule == "same width", packed=rule == "packed")
         for job in batch:
             lane.remove(job)
             job.started_at = now

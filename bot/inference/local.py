@@ -220,6 +220,7 @@ class LocalBackend:
                     "dtype": dtype,
                     "dtype_reason": reason,
                     "quantize": quantize,
+                    "packed": self.packed(name),
                     "parameters": _count_parameters(self._view(name, loaded)) if loaded else None,
                     "memory_bytes": loaded.nbytes if loaded else None,
                     "loaded": loaded is not None,
@@ -253,6 +254,11 @@ class LocalBackend:
         """(dtype, quantize) the task's model runs in, as /models shows them."""
         return dtype_name(self._dtype_of(self._key(task))), self.settings.quantize if self._quantized() else "none"
 
+    def packed(self, task: str) -> bool:
+        """Whether the task's model runs packed, each row as alone and unpadded (attention.py)."""
+        loaded = self._models.get(self._key(task))
+        return bool(loaded and attention.rowwise(loaded.model))
+
     @property
     def dtype_reason(self) -> str:
         """What DTYPE chose and why, and where a shared model overrides it (start-up log, /models)."""
@@ -279,16 +285,18 @@ class LocalBackend:
 
     def batch_rule(self, task: str) -> str:
         """Which rows the executor may batch together so that answers stay the same as alone:
-        "any" in float32, and in half precision for encoders running attention row by row
-        (bot/inference/attention.py); "same width" for other models in half precision, where
-        padding wider changes the answer (executor.cut_batch); "alone" with int8, whose activations
-        are quantized with one scale per batch (companions moved scores by 0.5 % even at one width)."""
+        "packed" for encoders running attention row by row on their rows packed without padding
+        (bot/inference/attention.py: rows of any lengths; in half precision bit-identical to alone);
+        "any" for other models in float32; "same width" for them in half precision, where padding
+        wider changes the answer
+        (executor.cut_batch); "alone" with int8, whose activations are quantized with one scale per
+        batch (companions moved scores by 0.5 % even at one width)."""
         if self._quantized():
             return "alone"
         key = self._key(task)
-        loaded = self._models.get(key)  # before the load, the safe rule: the model decides (attention.py)
-        return "any" if self._dtype_of(key) == torch.float32 or (loaded and attention.rowwise(loaded.model)) \
-            else "same width"
+        if self.packed(task):  # before the load, the safe rule: the model decides (attention.py)
+            return "packed"
+        return "any" if self._dtype_of(key) == torch.float32 else "same width"
 
     def _quantized(self) -> bool:
         return self.settings.quantize == "int8" and self.device.type == "cpu"
@@ -314,9 +322,9 @@ class LocalBackend:
         model = cast(model, self.device, dtype).eval()
         if self._quantized():
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        elif dtype != torch.float32 and self.device.type == "cpu" and attention.use_rowwise(model):  # any widths batch
+        elif self.device.type == "cpu" and attention.use_rowwise(model):  # any lengths batch, no padding computed
             # (CPU only: on a GPU, kernels picked by matrix size may round differently; not measured)
-            log.info("%s: attention row by row (half precision answers independent of padding)", checkpoint)
+            log.info("%s: packed, attention row by row (answers independent of padding)", checkpoint)
         nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
         seconds = time.perf_counter() - started
         log.info("Loaded %s in %.1fs (%.0f MB)", checkpoint, seconds, nbytes / 2**20)

@@ -97,6 +97,10 @@ class RayBackend:
         models = [m for r in self.executor.replicas for m in r["models"] if m["task"] == task and m.get("dtype")]
         return (models[0]["dtype"], models[0].get("quantize", "none")) if models else ("float32", "none")
 
+    def packed(self, task: str) -> bool:
+        """Whether the task's replicas run its model packed, from their last report (False until one reports)."""
+        return any(m.get("packed") for r in self.executor.replicas for m in r["models"] if m["task"] == task)
+
     def set_checkpoint(self, task: str, checkpoint: str) -> None:
         """Redeploy the task's model group with the new checkpoint: Serve starts new replicas and
         retires the old ones as the new are ready (the old serve meanwhile). Blocking: the admin

@@ -5,12 +5,17 @@ that `automodel-bot bench` builds, two parts:
                   plain SDPA model on the text alone and unpadded: how many answers differ (0 expected)
                   and by how much; plain SDPA at the same widths for contrast.
   speed TASK CLIENTS REQUESTS
-                  one process, closed loop, sides A B C D D C B A on the same heavy-tailed requests:
+                  one process, closed loop, sides A B C D E E D C B A on the same heavy-tailed requests:
                   naive fp32, the fp32 executor, the bf16 executor with SDPA over the padded batch
-                  (the same-width rule, rows padded to 8: the code before row-by-row attention) and
-                  the bf16 executor row by row (any widths batch together).
+                  (the same-width rule, rows padded to 8: the code before row-by-row attention), the
+                  bf16 executor row by row on padded rows (any widths batch, padding under 20 %:
+                  the code before packing) and row by row packed (no padding computed at all).
 
 PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python scripts/precision/row_by_row.py identity sentiment
+  speed-fp32 TASK CLIENTS REQUESTS
+                  the same in fp32: naive, the executor on padded rows with SDPA over the batch,
+                  and the executor packed (row by row, no padding computed).
+
 PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python scripts/precision/row_by_row.py speed sentiment 1,8,32 128
 """
 
@@ -22,7 +27,7 @@ from pathlib import Path
 import torch
 
 from bot import bench
-from bot.inference.attention import use_rowwise
+from bot.inference.attention import MEASURED, use_rowwise
 from bot.inference.tasks import TASKS
 from bot.settings import load_settings
 from bot.synthetic import build_checkpoints
@@ -79,10 +84,12 @@ async def speed(task: str, clients: list[int], n: int) -> None:
     naive = bench.Naive(task, checkpoint)
     requests = [bench.make_request(task, t, rng, 20) for t in bench.heavy_tailed_texts(n, naive.tokenizer, 512 - 24, rng)]
     rows = await bench.started_executor(task, checkpoint, settings, "bf16")
+    padded = await bench.started_executor(task, checkpoint, settings, "bf16")
+    without_packing(padded)
+    padded.backend.batch_rule = lambda task: "any"
     same_width = await bench.started_executor(task, checkpoint, settings, "bf16")
-    for loaded in same_width.backend._models.values():
-        loaded.model.set_attn_implementation("sdpa")  # SDPA over the padded batch, as before
-    assert same_width.backend.batch_rule(task) == "same width" and rows.backend.batch_rule(task) == "any"
+    without_packing(same_width, "sdpa")  # SDPA over the padded batch, as before
+    assert same_width.backend.batch_rule(task) == "same width" and rows.backend.batch_rule(task) == "packed"
     fp32 = await bench.started_executor(task, checkpoint, settings, "fp32")
 
     def via(executor):
@@ -90,19 +97,68 @@ async def speed(task: str, clients: list[int], n: int) -> None:
             return await executor.submit(task, request, user_id=rng.randrange(1000))
         return call
 
-    sides = {"naive fp32": naive, "fp32": via(fp32), "bf16 same width": via(same_width), "bf16 row by row": via(rows)}
+    sides = {"naive fp32": naive, "fp32": via(fp32), "bf16 same width": via(same_width),
+             "bf16 row by row padded": via(padded), "bf16 packed": via(rows)}
     for c in clients:
         got = await bench.measure_sides(sides, c, lambda call, c=c: bench.closed_loop(c, requests, call), 0.0)
         print(f"{task} {c} clients: " + ", ".join(f"{k} {v.rps:.1f} req/s (p99 {v.quantile(0.99) * 1000:.0f} ms)"
                                                   for k, v in got.items())
-              + f"; row by row / same width {got['bf16 row by row'].rps / got['bf16 same width'].rps:.2f}x"
-              + f", row by row / fp32 {got['bf16 row by row'].rps / got['fp32'].rps:.2f}x", flush=True)
-    for executor in (rows, same_width, fp32):
+              + f"; packed / padded {got['bf16 packed'].rps / got['bf16 row by row padded'].rps:.2f}x"
+              + f", packed / same width {got['bf16 packed'].rps / got['bf16 same width'].rps:.2f}x"
+              + f", packed / fp32 {got['bf16 packed'].rps / got['fp32'].rps:.2f}x", flush=True)
+    for executor in (rows, padded, same_width, fp32):
+        await executor.shutdown()
+
+
+def without_packing(executor, attention: str | None = None) -> None:
+    """The executor's models without the encoder's packing hooks (rows padded, as before packing),
+    and with `attention` ("sdpa": over the padded batch) in place of row by row if given."""
+    for loaded in executor.backend._models.values():
+        stack = getattr(loaded.model.base_model, MEASURED[loaded.model.config.model_type])
+        stack._forward_pre_hooks.clear()
+        stack._forward_hooks.clear()
+        if attention:
+            loaded.model.set_attn_implementation(attention)
+
+
+def with_packing(executor) -> None:
+    for loaded in executor.backend._models.values():
+        assert use_rowwise(loaded.model)
+    executor.backend.batch_rule = lambda task: "packed"
+
+
+async def speed_fp32(task: str, clients: list[int], n: int) -> None:
+    """fp32 only: naive, the executor on padded rows (SDPA over the batch) and packed."""
+    rng = random.Random(11)
+    settings = load_settings()
+    checkpoint = build_checkpoints(MODELS, "real")[task]
+    naive = bench.Naive(task, checkpoint)
+    requests = [bench.make_request(task, t, rng, 20) for t in bench.heavy_tailed_texts(n, naive.tokenizer, 512 - 24, rng)]
+    padded = await bench.started_executor(task, checkpoint, settings, "fp32")
+    without_packing(padded, "sdpa")
+    padded.backend.batch_rule = lambda task: "any"
+    packed = await bench.started_executor(task, checkpoint, settings, "fp32")
+    with_packing(packed)
+
+    def via(executor):
+        async def call(request):
+            return await executor.submit(task, request, user_id=rng.randrange(1000))
+        return call
+
+    sides = {"naive fp32": naive, "fp32 padded": via(padded), "fp32 packed": via(packed)}
+    for c in clients:
+        got = await bench.measure_sides(sides, c, lambda call, c=c: bench.closed_loop(c, requests, call), 0.0)
+        print(f"{task} {c} clients: " + ", ".join(f"{k} {v.rps:.1f} req/s (p99 {v.quantile(0.99) * 1000:.0f} ms)"
+                                                  for k, v in got.items())
+              + f"; packed / padded {got['fp32 packed'].rps / got['fp32 padded'].rps:.2f}x", flush=True)
+    for executor in (padded, packed):
         await executor.shutdown()
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "identity":
         identity(sys.argv[2])
+    elif sys.argv[1] == "speed-fp32":
+        asyncio.run(speed_fp32(sys.argv[2], [int(c) for c in sys.argv[3].split(",")], int(sys.argv[4])))
     else:
         asyncio.run(speed(sys.argv[2], [int(c) for c in sys.argv[3].split(",")], int(sys.argv[4])))

@@ -165,6 +165,29 @@ def test_packed_encoders_compute_no_padded_token(peaked_settings):
     assert together == [run(backend, "sentiment", [request])[0] for request in requests]
 
 
+def test_packing_stops_when_the_model_leaves_row_by_row_attention():
+    """Packed rows may only meet row-by-row attention: any other lets them attend to each other. A
+    model switched back to SDPA runs its padded batch as before, and switching again hooks once."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    plain = BertModel(config).eval()
+    model = BertModel(config).eval()
+    model.load_state_dict(plain.state_dict())
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
+    mask = (ids != 0).long()
+    assert attention.use_rowwise(model)
+    model.set_attn_implementation("sdpa")
+    assert attention.use_rowwise(model) is True and len(model.encoder._forward_pre_hooks) == 1
+    model.set_attn_implementation("sdpa")
+    with torch.inference_mode():
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).last_hidden_state,
+                           plain(input_ids=ids, attention_mask=mask).last_hidden_state)
+
+
 def test_row_by_row_attention_only_for_the_measured_families():
     """ModernBERT (sliding-window layers: its mask is not a padding mask) and RoBERTa take registered
     attention functions too, but were not measured: they keep SDPA and the same-width rule."""

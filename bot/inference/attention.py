@@ -1,6 +1,7 @@
 """Encoders run packed, with attention computed row by row: the rows of a batch go through the
-layers as one row of their real tokens, so no layer computes a padded token and rows of any
-lengths share a batch at no cost; in half precision each row is also bit-identical to alone.
+layers as one row of their real tokens, so no layer of the stack computes a padded token and rows
+of any lengths share a batch at no extra cost; in half precision each row is also bit-identical
+to alone.
 
 Why it is exact: in an encoder only attention mixes tokens. The linear layers, layer norms and
 everything else compute each token on its own and were measured bit-identical at any batch size and
@@ -78,13 +79,15 @@ class Packed:
     lengths: tuple[int, ...]
 
 
-def _pack(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+def _pack(config: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
     """The encoder's input [rows, width, hidden] with its padding mask → [1, real tokens, hidden], so
-    no layer computes a padded token; the lengths travel to rowwise_sdpa with the layers' kwargs."""
+    no layer of the stack computes a padded token; the lengths travel to rowwise_sdpa with the
+    layers' kwargs. Only while the model runs rowwise_sdpa: any other attention would let the packed
+    rows attend to each other."""
     names = ("hidden_states", "attention_mask")
     given = dict(zip(names, args)) | {k: kwargs[k] for k in names if k in kwargs}
     hidden, mask = given["hidden_states"], given.get("attention_mask")
-    if mask is None:  # rows of one width, nothing to remove
+    if mask is None or config._attn_implementation != ROWWISE:  # rows of one width, or not row by row
         return None
     kwargs = {k: v for k, v in kwargs.items() if k not in names}
     visible = _visible(mask)
@@ -126,15 +129,17 @@ def use_rowwise(model: Any) -> bool:
             or getattr(config, "_attn_implementation", None) != "sdpa":
         return rowwise(model)
     stack = getattr(model.base_model, MEASURED[config.model_type], None)
-    if stack is None:  # a layout not measured (a model switched already returned above: hooks once)
+    if stack is None:  # a layout not measured
         return False
     _register()
     try:
         model.set_attn_implementation(ROWWISE)
     except (ValueError, TypeError, AttributeError):
         return False
-    stack.register_forward_pre_hook(_pack, with_kwargs=True)
-    stack.register_forward_hook(_unpack, with_kwargs=True)
+    if not getattr(stack, "_automodel_packing", False):  # hooks once, even if switched back and forth
+        stack.register_forward_pre_hook(lambda module, args, kwargs: _pack(config, args, kwargs), with_kwargs=True)
+        stack.register_forward_hook(_unpack, with_kwargs=True)
+        stack._automodel_packing = True
     return rowwise(model)
 
 

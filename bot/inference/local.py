@@ -288,9 +288,8 @@ class LocalBackend:
         "packed" for encoders running attention row by row on their rows packed without padding
         (bot/inference/attention.py: rows of any lengths; in half precision bit-identical to alone);
         "any" for other models in float32; "same width" for them in half precision, where padding
-        wider changes the answer
-        (executor.cut_batch); "alone" with int8, whose activations are quantized with one scale per
-        batch (companions moved scores by 0.5 % even at one width)."""
+        wider changes the answer (executor.cut_batch); "alone" with int8, whose activations are
+        quantized with one scale per batch (companions moved scores by 0.5 % even at one width)."""
         if self._quantized():
             return "alone"
         key = self._key(task)

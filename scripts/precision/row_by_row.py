@@ -6,7 +6,7 @@ that `automodel-bot bench` builds, two parts:
                   and by how much; plain SDPA at the same widths for contrast.
   speed TASK CLIENTS REQUESTS
                   one process, closed loop, sides A B C D E E D C B A on the same heavy-tailed requests:
-                  naive fp32, the fp32 executor, the bf16 executor with SDPA over the padded batch
+                  naive fp32, the fp32 executor on padded rows, the bf16 executor with SDPA over the padded batch
                   (the same-width rule, rows padded to 8: the code before row-by-row attention), the
                   bf16 executor row by row on padded rows (any widths batch, padding under 20 %:
                   the code before packing) and row by row packed (no padding computed at all).
@@ -91,13 +91,15 @@ async def speed(task: str, clients: list[int], n: int) -> None:
     without_packing(same_width, "sdpa")  # SDPA over the padded batch, as before
     assert same_width.backend.batch_rule(task) == "same width" and rows.backend.batch_rule(task) == "packed"
     fp32 = await bench.started_executor(task, checkpoint, settings, "fp32")
+    without_packing(fp32, "sdpa")  # padded, as before packing
+    fp32.backend.batch_rule = lambda task: "any"
 
     def via(executor):
         async def call(request):
             return await executor.submit(task, request, user_id=rng.randrange(1000))
         return call
 
-    sides = {"naive fp32": naive, "fp32": via(fp32), "bf16 same width": via(same_width),
+    sides = {"naive fp32": naive, "fp32 padded": via(fp32), "bf16 same width": via(same_width),
              "bf16 row by row padded": via(padded), "bf16 packed": via(rows)}
     for c in clients:
         got = await bench.measure_sides(sides, c, lambda call, c=c: bench.closed_loop(c, requests, call), 0.0)
@@ -105,7 +107,7 @@ async def speed(task: str, clients: list[int], n: int) -> None:
                                                   for k, v in got.items())
               + f"; packed / padded {got['bf16 packed'].rps / got['bf16 row by row padded'].rps:.2f}x"
               + f", packed / same width {got['bf16 packed'].rps / got['bf16 same width'].rps:.2f}x"
-              + f", packed / fp32 {got['bf16 packed'].rps / got['fp32'].rps:.2f}x", flush=True)
+              + f", packed / fp32 padded {got['bf16 packed'].rps / got['fp32 padded'].rps:.2f}x", flush=True)
     for executor in (rows, padded, same_width, fp32):
         await executor.shutdown()
 

@@ -188,6 +188,18 @@ def test_packing_stops_when_the_model_leaves_row_by_row_attention():
                            plain(input_ids=ids, attention_mask=mask).last_hidden_state)
 
 
+def test_a_batch_cut_for_a_packed_model_runs_width_by_width_on_a_model_that_is_not(peaked_settings):
+    """/admin reload can replace a packed model with one that is not (another family) between the
+    executor's cut and the run: the batch of mixed widths then runs width by width, as the
+    same-width rule would have cut it, and every answer is still the one alone."""
+    backend = LocalBackend(dataclasses.replace(peaked_settings, dtype="bfloat16"))
+    requests = [sentiment.SentimentRequest(text) for text in MIXED_TEXTS]
+    run(backend, "sentiment", requests[:1])
+    backend._models[backend._key("sentiment")].model.set_attn_implementation("sdpa")  # the reloaded model
+    assert backend.batch_rule("sentiment") == "same width"
+    assert run(backend, "sentiment", requests) == [run(backend, "sentiment", [request])[0] for request in requests]
+
+
 def test_row_by_row_attention_only_for_the_measured_families():
     """ModernBERT (sliding-window layers: its mask is not a padding mask) and RoBERTa take registered
     attention functions too, but were not measured: they keep SDPA and the same-width rule."""

@@ -20,6 +20,7 @@ from bot.inference import attention, fetch, hub, loading
 from bot.inference.device import device_memory, dtype_name, native_bf16, resolve_device, resolve_dtypes
 from bot.inference.errors import ModelUnavailable
 from bot.inference.tasks import TASKS, BatchContext, ModelInfo, Prepared
+from bot.inference.tasks.base import padded_width
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,18 @@ class LocalBackend:
         loaded = self.acquire(task)
         try:
             with torch.inference_mode():
-                return TASKS[task].predict(self._view(task, loaded), tokenizer, batch, ctx)
+                model = self._view(task, loaded)
+                if self.batch_rule(task) != "same width" or len(widths := _widths(batch)) == 1:
+                    return TASKS[task].predict(model, tokenizer, batch, ctx)
+                # Cut for a packed model that /admin reload has replaced since with one that is not:
+                # each width on its own, as the same-width rule would have cut it.
+                results: list[Any] = [None] * len(batch)
+                for rows in widths:
+                    part = BatchContext(len(rows), lambda i, rows=rows: ctx.cancelled(rows[i]),
+                                        lambda i, partial, rows=rows: ctx.report(rows[i], partial), ctx.report_interval)
+                    for row, result in zip(rows, TASKS[task].predict(model, tokenizer, [batch[r] for r in rows], part)):
+                        results[row] = result
+                return results
         finally:
             self.release(loaded)
 
@@ -377,6 +389,14 @@ def _max_length(tokenizer, config) -> int:
     limits.append(tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None)
     known = [int(v) for v in limits if isinstance(v, int) and v > 0]
     return min(known) if known else 512
+
+
+def _widths(batch: list[Prepared]) -> list[list[int]]:
+    """The batch's requests grouped by the width they are padded to alone (indexes, in order)."""
+    groups: dict[int, list[int]] = {}
+    for index, prepared in enumerate(batch):
+        groups.setdefault(padded_width(prepared.input_width), []).append(index)
+    return list(groups.values())
 
 
 def _count_parameters(model) -> int:

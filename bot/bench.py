@@ -327,16 +327,23 @@ async def bench_encoder(task, checkpoint, settings, args, rng, peaks, formats) -
         return call
 
     sides = {"naive": naive, **{fmt: submit_to(executor) for fmt, executor in executors.items()}}
-    runs = [
-        await measure_sides(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), total_flops)
-        for clients in [int(c) for c in args.concurrency.split(",")]
-    ]
+
+    def served(executors: dict = executors) -> dict[str, tuple[int, int]]:  # format → (requests, batches) so far
+        lanes = {fmt: executor.snapshot()["lanes"][task] for fmt, executor in executors.items()}
+        return {fmt: (lane["requests"], lane["batches"]) for fmt, lane in lanes.items()}
+
+    runs, mean_batch = [], {}
+    for clients in [int(c) for c in args.concurrency.split(",")]:
+        before = served()
+        runs.append(await measure_sides(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), total_flops))
+        after = served()  # the last (most clients) row's mean batch is what is reported
+        mean_batch = {fmt: (after[fmt][0] - before[fmt][0]) / max(1, after[fmt][1] - before[fmt][1]) for fmt in after}
+        mean_batch["clients"] = clients
     if args.rate:
         poisson = await measure_sides(sides, -1, lambda call: open_loop(args.rate, requests, call, rng), total_flops)
         for measurement in poisson.values():
             measurement.concurrency = -args.rate  # a rate, not a client count (format_rows prints it so)
         runs.append(poisson)
-    mean_batch = {fmt: executor.snapshot()["lanes"][task]["mean_batch_size"] for fmt, executor in executors.items()}
     times = await paired_times(sides, requests, min(len(requests), 64))
     one_client = {fmt: sum(times["naive"]) / sum(times[fmt]) for fmt in formats}
     for executor in executors.values():
@@ -627,7 +634,10 @@ async def bench(args: argparse.Namespace, settings: Settings) -> str:
             tables[fmt] += rows
         goals.append(out["goals"])
         peers += [out["peers"]] if "peers" in out else []
-        notes.append(f"- {task}: mean executor batch " + ", ".join(f"{b:.1f} ({fmt})" for fmt, b in out["mean_batch"].items()))
+        batch = dict(out["mean_batch"])
+        clients = batch.pop("clients", "?")
+        notes.append(f"- {task}: mean executor batch at {clients} clients "
+                     + ", ".join(f"{b:.1f} ({fmt})" for fmt, b in batch.items()))
         notes.append(f"- {task}: one client, paired ({out['pairs']} requests on each side in turn): executor / naive "
                      + ", ".join(f"{ratio:.2f}× ({fmt})" for fmt, ratio in out["one_client"].items()))
         if "agreement" in out:

@@ -71,7 +71,8 @@ def spec_for(task: str, request: Any, result: Any, checkpoint: str, dtype: str =
 
 
 def backend_spec(backend: Any, task: str, request: Any, result: Any) -> ScriptSpec:
-    """The spec of a request `backend` (local or Ray) ran: with its checkpoint, precision and packing."""
+    """The spec of a request `backend` (local or Ray) ran: with its checkpoint, precision and packing
+    (None when the backend cannot tell yet: a Ray replica that has not reported its loaded model)."""
     return spec_for(task, request, result, backend.checkpoints[task], *backend.precision(task), backend.packed(task))
 
 

@@ -234,6 +234,23 @@ def test_a_script_pads_like_the_bot_unless_the_bot_ran_the_model_packed(peaked_s
     assert backend_spec(int8, "sentiment", request, run(int8, "sentiment", [request])[0]).packed is False
 
 
+def test_on_ray_a_spec_says_packed_only_from_replicas_that_report_the_model_loaded():
+    """Until a replica reports the task's model loaded, Ray cannot tell: the spec then says None and
+    the script decides by task, as specs stored before the flag do."""
+    from types import SimpleNamespace
+
+    from bot.inference.ray_client import RayBackend
+
+    def packed(*models):
+        executor = SimpleNamespace(settings=SimpleNamespace(checkpoints={}), replicas=[{"models": list(models)}])
+        return RayBackend(executor).packed("sentiment")
+
+    assert packed() is None
+    assert packed({"task": "sentiment", "loaded": False, "packed": False}) is None
+    assert packed({"task": "sentiment", "loaded": True, "packed": True}, {"task": "ner", "loaded": True, "packed": False})
+    assert packed({"task": "sentiment", "loaded": True, "packed": False}) is False
+
+
 def test_a_script_keeps_the_bots_precision_and_says_when_a_path_is_hidden(backend):
     [result] = run(backend, "sentiment", [CASES["sentiment"][0]])
     spec = spec_for("sentiment", CASES["sentiment"][0], result, "distilbert-base-uncased-finetuned-sst-2-english",

@@ -161,3 +161,6 @@ def test_bench_runs_end_to_end_in_every_format_with_the_pipeline_peers(monkeypat
     assert "sentiment int8 vs fp32: same top label" in out
     [paired] = [line for line in out.splitlines() if line.startswith("- sentiment: one client, paired (4 requests")]
     assert all(f"× ({fmt})" in paired for fmt in ("fp32", "bf16", "int8")), paired
+    [batches] = [line for line in out.splitlines() if line.startswith("- sentiment: mean executor batch at 2 clients ")]
+    sizes = [float(part.split()[0]) for part in batches.split("clients ")[1].split(", ")]  # each run's own batches
+    assert len(sizes) == 3 and all(1.0 <= size <= 2.0 for size in sizes), batches

@@ -97,9 +97,12 @@ class RayBackend:
         models = [m for r in self.executor.replicas for m in r["models"] if m["task"] == task and m.get("dtype")]
         return (models[0]["dtype"], models[0].get("quantize", "none")) if models else ("float32", "none")
 
-    def packed(self, task: str) -> bool:
-        """Whether the task's replicas run its model packed, from their last report (False until one reports)."""
-        return any(m.get("packed") for r in self.executor.replicas for m in r["models"] if m["task"] == task)
+    def packed(self, task: str) -> bool | None:
+        """Whether the task's replicas run its model packed, from the last reports of replicas that have
+        it loaded; None (the Code button then decides by task) until one has reported so."""
+        loaded = [m["packed"] for r in self.executor.replicas for m in r["models"]
+                  if m["task"] == task and m.get("loaded") and "packed" in m]
+        return any(loaded) if loaded else None
 
     def set_checkpoint(self, task: str, checkpoint: str) -> None:
         """Redeploy the task's model group with the new checkpoint: Serve starts new replicas and

@@ -77,90 +77,66 @@ def identity(task: str) -> None:
         print(f"{task} bf16, {name}: {differ}/{total} answers differ from the text alone and unpadded, worst {worst:.2e}")
 
 
-async def speed(task: str, clients: list[int], n: int) -> None:
-    rng = random.Random(11)
-    settings = load_settings()
-    checkpoint = build_checkpoints(MODELS, "real")[task]
-    naive = bench.Naive(task, checkpoint)
-    requests = [bench.make_request(task, t, rng, 20) for t in bench.heavy_tailed_texts(n, naive.tokenizer, 512 - 24, rng)]
-    rows = await bench.started_executor(task, checkpoint, settings, "bf16")
-    padded = await bench.started_executor(task, checkpoint, settings, "bf16")
-    without_packing(padded)
-    padded.backend.batch_rule = lambda task: "any"
-    same_width = await bench.started_executor(task, checkpoint, settings, "bf16")
-    without_packing(same_width, "sdpa")  # SDPA over the padded batch, as before
-    assert same_width.backend.batch_rule(task) == "same width" and rows.backend.batch_rule(task) == "packed"
-    fp32 = await bench.started_executor(task, checkpoint, settings, "fp32")
-    without_packing(fp32, "sdpa")  # padded, as before packing
-    fp32.backend.batch_rule = lambda task: "any"
-
-    def via(executor):
-        async def call(request):
-            return await executor.submit(task, request, user_id=rng.randrange(1000))
-        return call
-
-    sides = {"naive fp32": naive, "fp32 padded": via(fp32), "bf16 same width": via(same_width),
-             "bf16 row by row padded": via(padded), "bf16 packed": via(rows)}
-    for c in clients:
-        got = await bench.measure_sides(sides, c, lambda call, c=c: bench.closed_loop(c, requests, call), 0.0)
-        print(f"{task} {c} clients: " + ", ".join(f"{k} {v.rps:.1f} req/s (p99 {v.quantile(0.99) * 1000:.0f} ms)"
-                                                  for k, v in got.items())
-              + f"; packed / padded {got['bf16 packed'].rps / got['bf16 row by row padded'].rps:.2f}x"
-              + f", packed / same width {got['bf16 packed'].rps / got['bf16 same width'].rps:.2f}x"
-              + f", packed / fp32 padded {got['bf16 packed'].rps / got['fp32 padded'].rps:.2f}x", flush=True)
-    for executor in (rows, padded, same_width, fp32):
-        await executor.shutdown()
-
-
-def without_packing(executor, attention: str | None = None) -> None:
-    """The executor's models without the encoder's packing hooks (rows padded, as before packing),
-    and with `attention` ("sdpa": over the padded batch) in place of row by row if given."""
-    for loaded in executor.backend._models.values():
+async def executor_of(task: str, checkpoint, fmt: str, layout: str):
+    """A warm executor in `fmt` whose encoder runs "packed" (the bot's way), "padded" (row by row in
+    half precision, SDPA over the batch in fp32; the code before packing) or "same width" (SDPA over
+    the padded batch under the same-width rule: the code before row-by-row attention)."""
+    executor = await bench.started_executor(task, checkpoint, load_settings(), fmt)
+    if layout == "packed":
+        for loaded in executor.backend._models.values():
+            assert use_rowwise(loaded.model)
+        assert executor.backend.batch_rule(task) == "packed"
+        return executor
+    for loaded in executor.backend._models.values():  # without the encoder's packing hooks
         stack = getattr(loaded.model.base_model, MEASURED[loaded.model.config.model_type])
         stack._forward_pre_hooks.clear()
         stack._forward_hooks.clear()
-        if attention:
-            loaded.model.set_attn_implementation(attention)
+        if layout == "same width" or fmt == "fp32":
+            loaded.model.set_attn_implementation("sdpa")
+    if layout == "padded":
+        executor.backend.batch_rule = lambda task: "any"
+    assert executor.backend.batch_rule(task) == ("any" if layout == "padded" else "same width")
+    return executor
 
 
-def with_packing(executor) -> None:
-    for loaded in executor.backend._models.values():
-        assert use_rowwise(loaded.model)
-    executor.backend.batch_rule = lambda task: "packed"
-
-
-async def speed_fp32(task: str, clients: list[int], n: int) -> None:
-    """fp32 only: naive, the executor on padded rows (SDPA over the batch) and packed."""
+async def compare(task: str, clients: list[int], n: int, layouts: dict[str, tuple[str, str]],
+                  ratios: list[tuple[str, str]]) -> None:
+    """Naive fp32 and one executor per named (format, layout), closed loop on the same heavy-tailed
+    requests, with the req/s ratios of the named pairs."""
     rng = random.Random(11)
-    settings = load_settings()
     checkpoint = build_checkpoints(MODELS, "real")[task]
     naive = bench.Naive(task, checkpoint)
     requests = [bench.make_request(task, t, rng, 20) for t in bench.heavy_tailed_texts(n, naive.tokenizer, 512 - 24, rng)]
-    padded = await bench.started_executor(task, checkpoint, settings, "fp32")
-    without_packing(padded, "sdpa")
-    padded.backend.batch_rule = lambda task: "any"
-    packed = await bench.started_executor(task, checkpoint, settings, "fp32")
-    with_packing(packed)
+    executors = {name: await executor_of(task, checkpoint, fmt, layout) for name, (fmt, layout) in layouts.items()}
 
     def via(executor):
         async def call(request):
             return await executor.submit(task, request, user_id=rng.randrange(1000))
         return call
 
-    sides = {"naive fp32": naive, "fp32 padded": via(padded), "fp32 packed": via(packed)}
+    sides = {"naive fp32": naive, **{name: via(executor) for name, executor in executors.items()}}
     for c in clients:
         got = await bench.measure_sides(sides, c, lambda call, c=c: bench.closed_loop(c, requests, call), 0.0)
         print(f"{task} {c} clients: " + ", ".join(f"{k} {v.rps:.1f} req/s (p99 {v.quantile(0.99) * 1000:.0f} ms)"
                                                   for k, v in got.items())
-              + f"; packed / padded {got['fp32 packed'].rps / got['fp32 padded'].rps:.2f}x", flush=True)
-    for executor in (padded, packed):
+              + "; " + ", ".join(f"{a} / {b} {got[a].rps / got[b].rps:.2f}x" for a, b in ratios), flush=True)
+    for executor in executors.values():
         await executor.shutdown()
+
+
+SPEED = {  # name → (format, layout), and the ratios printed
+    "speed": ({"fp32 padded": ("fp32", "padded"), "bf16 same width": ("bf16", "same width"),
+               "bf16 row by row padded": ("bf16", "padded"), "bf16 packed": ("bf16", "packed")},
+              [("bf16 packed", "bf16 row by row padded"), ("bf16 packed", "bf16 same width"),
+               ("bf16 packed", "fp32 padded")]),
+    "speed-fp32": ({"fp32 padded": ("fp32", "padded"), "fp32 packed": ("fp32", "packed")},
+                   [("fp32 packed", "fp32 padded")]),
+}
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "identity":
         identity(sys.argv[2])
-    elif sys.argv[1] == "speed-fp32":
-        asyncio.run(speed_fp32(sys.argv[2], [int(c) for c in sys.argv[3].split(",")], int(sys.argv[4])))
     else:
-        asyncio.run(speed(sys.argv[2], [int(c) for c in sys.argv[3].split(",")], int(sys.argv[4])))
+        layouts, ratios = SPEED[sys.argv[1]]
+        asyncio.run(compare(sys.argv[2], [int(c) for c in sys.argv[3].split(",")], int(sys.argv[4]), layouts, ratios))

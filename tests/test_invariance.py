@@ -171,11 +171,11 @@ def test_packing_stops_when_the_model_leaves_row_by_row_attention():
     import torch
     from transformers import BertConfig, BertModel
 
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, attn_implementation="sdpa")
+    small = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 attn_implementation="sdpa")
     torch.manual_seed(0)
-    plain = BertModel(config).eval()
-    model = BertModel(config).eval()
+    plain = BertModel(BertConfig(**small)).eval()
+    model = BertModel(BertConfig(**small)).eval()
     model.load_state_dict(plain.state_dict())
     ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
     mask = (ids != 0).long()

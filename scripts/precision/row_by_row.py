@@ -1,7 +1,8 @@
 """Row-by-row attention (bot/inference/attention.py) in bf16 on the real-size random-weight models
 that `automodel-bot bench` builds, two parts:
 
-  identity TASK   each text padded to several widths and in mixed batches, row by row, against the
+  identity TASK   each text padded to several widths and in mixed batches (one of 32 heavy-tailed
+                  lengths, as the executor packs at 32 clients), row by row, against the
                   plain SDPA model on the text alone and unpadded: how many answers differ (0 expected)
                   and by how much; plain SDPA at the same widths for contrast.
   speed TASK CLIENTS REQUESTS
@@ -50,6 +51,9 @@ def identity(task: str) -> None:
         first = next(v for v in result.values() if torch.is_tensor(v))
         return first[:, :n].float() if first.dim() > 2 or task == "ask" else first.float()
 
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
+    texts = bench.heavy_tailed_texts(32, tokenizer, 500, random.Random(5))
+    full = [len(tokenizer(t, truncation=True, max_length=500)["input_ids"]) for t in texts]  # a full batch's lengths
     torch.manual_seed(0)
     for name, model in (("plain SDPA", plain), ("row by row", rows)):
         differ = total = 0
@@ -64,15 +68,17 @@ def identity(task: str) -> None:
                     mask = (padded != 0).long()
                     d = (out(model, padded, mask, n) - alone).abs().max().item()
                     total, differ, worst = total + 1, differ + (d > 0), max(worst, d)
-            for _ in range(3):  # mixed batches of six lengths
-                lengths = [int(x) for x in torch.randint(3, 120, (6,))]
-                ids = torch.randint(1000, 2000, (6, max(lengths)))
+            # mixed batches of six lengths, and one of 32 heavy-tailed lengths (the executor's full batch)
+            for lengths in [[int(x) for x in torch.randint(3, 120, (6,))] for _ in range(3)] + [full]:
+                ids = torch.randint(1000, 2000, (len(lengths), max(lengths)))
                 for i, n in enumerate(lengths):
                     ids[i, n:] = 0
                 mask = (ids != 0).long()
+                batched = out(model, ids, mask, ids.shape[1])
                 for i, n in enumerate(lengths):
                     alone = out(plain, ids[i:i + 1, :n], mask[i:i + 1, :n], n)
-                    d = (out(model, ids, mask, n)[i:i + 1] - alone).abs().max().item()
+                    mine = batched[i:i + 1, :n] if batched.dim() > 2 or task == "ask" else batched[i:i + 1]
+                    d = (mine - alone).abs().max().item()
                     total, differ, worst = total + 1, differ + (d > 0), max(worst, d)
         print(f"{task} bf16, {name}: {differ}/{total} answers differ from the text alone and unpadded, worst {worst:.2e}")
 

@@ -331,6 +331,16 @@ async def test_info_commands_answer_ephemeral_embeds(fake_discord, discord_bot, 
         assert embed["footer"]["text"].startswith("DTYPE=auto: ")  # what DTYPE=auto chose, and why
 
 
+async def test_models_says_which_models_run_packed(fake_discord, discord_bot):
+    for name in ("sentiment", "generate"):  # loaded, whatever ran before
+        options, check = TASK_COMMANDS[name]
+        check(await slash(fake_discord, name, options))
+    reply = await (await fake_discord.invoke_slash("models")).wait_final()
+    fields = {f["name"]: f["value"] for f in reply.embeds[0]["fields"]}
+    assert " · packed · loaded" in fields["/sentiment"]  # an encoder on CPU: batches without padding
+    assert " · packed" not in fields["/generate"] and " · loaded" in fields["/generate"]
+
+
 @pytest.mark.parametrize(
     ("menu", "title"),
     [("Sentiment", r"(POSITIVE|NEGATIVE) \("), ("Named entities", "Named entities"), ("Translate", "Translation")],

@@ -81,6 +81,7 @@ class RayBackend:
                 "dtype": first.get("dtype", "?"),
                 "dtype_reason": first.get("dtype_reason", ""),
                 "quantize": first.get("quantize", "none"),
+                "packed": self.packed(name),
                 "parameters": first.get("parameters"),
                 "memory_bytes": sum(m["memory_bytes"] or 0 for m in models) or None,
                 "loaded": any(m["loaded"] for m in models),

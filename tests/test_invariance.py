@@ -144,14 +144,24 @@ def test_encoders_run_packed_in_every_dtype_and_others_keep_the_same_width_rule(
     assert int8.batch_rule("sentiment") == "alone" and not int8.packed("sentiment")
 
 
+def _bf16_sentiment(peaked_settings) -> tuple[LocalBackend, list, object]:
+    """A bf16 backend with /sentiment's model (peaked distilbert) loaded, the mixed-width requests,
+    and the model."""
+    backend = LocalBackend(dataclasses.replace(peaked_settings, dtype="bfloat16"))
+    requests = [sentiment.SentimentRequest(text) for text in MIXED_TEXTS]
+    run(backend, "sentiment", requests[:1])  # loads the model
+    return backend, requests, backend._models[backend._key("sentiment")].model
+
+
+def _each_alone(backend: LocalBackend, requests: list) -> list:
+    return [run(backend, "sentiment", [request])[0] for request in requests]
+
+
 def test_packed_encoders_compute_no_padded_token(peaked_settings):
     """Rows of different lengths go through the encoder's layers as one row of their real tokens
     (attention.py), and come out as the padded batch the task reads."""
-    backend = LocalBackend(dataclasses.replace(peaked_settings, dtype="bfloat16"))
-    requests = [sentiment.SentimentRequest(text) for text in MIXED_TEXTS]
+    backend, requests, model = _bf16_sentiment(peaked_settings)
     prepared = [backend.prepare("sentiment", request) for request in requests]
-    run(backend, "sentiment", requests[:1])  # loads the model
-    model = backend._models[backend._key("sentiment")].model
     seen: list[tuple[int, ...]] = []
     layer = model.base_model.transformer.layer[0]  # distilbert
     hook = layer.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape[:2])))
@@ -162,7 +172,17 @@ def test_packed_encoders_compute_no_padded_token(peaked_settings):
     lengths = [len(p.rows[0]["input_ids"]) for p in prepared]
     assert len(set(lengths)) > 1
     assert seen == [(1, sum(lengths))]  # one row, no padding
-    assert together == [run(backend, "sentiment", [request])[0] for request in requests]
+    assert together == _each_alone(backend, requests)
+
+
+def test_row_by_row_attention_keeps_padded_rows_exact_without_the_packing_hooks(peaked_settings):
+    """A padded batch that reaches row-by-row attention unpacked (the hooks removed, as the speed
+    script's "row by row padded" side does) still runs each row on its real keys alone."""
+    backend, requests, model = _bf16_sentiment(peaked_settings)
+    model.base_model.transformer._forward_pre_hooks.clear()
+    model.base_model.transformer._forward_hooks.clear()
+    assert backend.batch_rule("sentiment") == "packed"  # still row by row: rows of any width batch
+    assert run(backend, "sentiment", requests) == _each_alone(backend, requests)
 
 
 def test_packing_stops_when_the_model_leaves_row_by_row_attention():
@@ -192,12 +212,10 @@ def test_a_batch_cut_for_a_packed_model_runs_width_by_width_on_a_model_that_is_n
     """/admin reload can replace a packed model with one that is not (another family) between the
     executor's cut and the run: the batch of mixed widths then runs width by width, as the
     same-width rule would have cut it, and every answer is still the one alone."""
-    backend = LocalBackend(dataclasses.replace(peaked_settings, dtype="bfloat16"))
-    requests = [sentiment.SentimentRequest(text) for text in MIXED_TEXTS]
-    run(backend, "sentiment", requests[:1])
-    backend._models[backend._key("sentiment")].model.set_attn_implementation("sdpa")  # the reloaded model
+    backend, requests, model = _bf16_sentiment(peaked_settings)
+    model.set_attn_implementation("sdpa")  # the reloaded model
     assert backend.batch_rule("sentiment") == "same width"
-    assert run(backend, "sentiment", requests) == [run(backend, "sentiment", [request])[0] for request in requests]
+    assert run(backend, "sentiment", requests) == _each_alone(backend, requests)
 
 
 def test_row_by_row_attention_only_for_the_measured_families():

@@ -51,7 +51,9 @@ class ScriptSpec:
     mask_token: str | None = None  # /mask: the model's mask token
     chunks: int = 1  # /translate: pieces the text was translated in
     local_path_hidden: bool = False  # the checkpoint is a local folder shown by name only
-    packed: bool | None = None  # the bot ran the model packed (each row as alone, unpadded); None: by task
+    # The bot computed each row as alone and unpadded (attention.py: packed encoders, and decoders
+    # row by row in half precision); None: by task. Named for the encoders, the first it covered.
+    packed: bool | None = None
 
 
 def spec_for(task: str, request: Any, result: Any, checkpoint: str, dtype: str = "float32", quantize: str = "none",
@@ -71,9 +73,11 @@ def spec_for(task: str, request: Any, result: Any, checkpoint: str, dtype: str =
 
 
 def backend_spec(backend: Any, task: str, request: Any, result: Any) -> ScriptSpec:
-    """The spec of a request `backend` (local or Ray) ran: with its checkpoint, precision and packing
-    (None when the backend cannot tell yet: a Ray replica that has not reported its loaded model)."""
-    return spec_for(task, request, result, backend.checkpoints[task], *backend.precision(task), backend.packed(task))
+    """The spec of a request `backend` (local or Ray) ran: with its checkpoint, precision and whether
+    rows ran as alone (None when the backend cannot tell yet: a Ray replica that has not reported its
+    loaded model)."""
+    return spec_for(task, request, result, backend.checkpoints[task], *backend.precision(task),
+                    backend.rows_alone(task))
 
 
 def literal(text: str) -> str:
@@ -102,11 +106,10 @@ def script(spec: ScriptSpec) -> str:
     build = _BODIES[spec.task]
     inputs, body = build(spec)
     # In half precision, padding changes the last digits: pad as the bot pads (bot.inference.tasks.base),
-    # except where the bot ran the model packed, each row as alone and unpadded (attention.py).
-    half = spec.dtype in ("bfloat16", "float16")
+    # except where the bot computed each row as alone and unpadded (attention.py).
+    half = _half(spec)
     pads_like_the_bot = "__PAD__" in body or "__MULTIPLE__" in body
-    packed = spec.packed if spec.packed is not None else spec.task in ROW_BY_ROW
-    pad = half and not packed
+    pad = half and not _rows_alone(spec)
     multiple = f", pad_to_multiple_of={PAD_MULTIPLE}" if pad else ""
     body = body.replace("__PAD__", ", padding=True" + multiple if pad else "").replace("__MULTIPLE__", multiple)
     auto = TASKS[spec.task].auto_class_name
@@ -116,7 +119,7 @@ def script(spec: ScriptSpec) -> str:
         "model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)\n"
         if spec.quantize == "int8" else ""
     )
-    if half and not pads_like_the_bot:
+    if pad and not pads_like_the_bot:
         quantize += (f"# The bot pads this input to a multiple of {PAD_MULTIPLE} tokens; in {spec.dtype} that changes\n"
                      "# the last digits, so a long text can come out differently here.\n")
     where = (
@@ -372,8 +375,8 @@ class SeededSampler(LogitsProcessor):
 
 """
 
-_GENERATE = """
-inputs = tokenizer(prompt, return_tensors="pt")
+_GENERATE = """$copies
+inputs = tokenizer($prompts, return_tensors="pt")
 prompt_length = inputs["input_ids"].shape[1]
 with torch.no_grad():
     output = model.generate(
@@ -392,6 +395,11 @@ print(f"{prompt}{text}\\n\\n({len(new_tokens)} tokens, {reason}, seed {seed})")
 def _generate(spec: ScriptSpec) -> tuple[str, str]:
     request = spec.request
     sampled = _sampled(spec)
+    copies = {"copies": "", "prompts": "prompt"}
+    if _half(spec) and _rows_alone(spec):  # bot.inference.attention: a lone row runs as two copies
+        copies = {"copies": f"\n# Two copies of the prompt, as the bot computes a row alone: in {spec.dtype}, a single row's\n"
+                            "# matrix products take another kernel, which rounds differently.",
+                  "prompts": "[prompt, prompt]"}
     inputs = _text_input(spec, "prompt", "prompt") + f"max_new_tokens = {int(request['max_new_tokens'])}\n"
     if sampled:
         inputs += (
@@ -399,9 +407,17 @@ def _generate(spec: ScriptSpec) -> tuple[str, str]:
             f"seed = {int(spec.seed or 0)}\n"
         )
         processor = "\n        logits_processor=LogitsProcessorList([SeededSampler(prompt_length)]),"
-        return inputs, _SAMPLER + Template(_GENERATE).substitute(processor=processor)
+        return inputs, _SAMPLER + Template(_GENERATE).substitute(processor=processor, **copies)
     inputs += f"seed = {int(spec.seed or 0)}  # unused: temperature 0 always takes the likeliest token\n"
-    return inputs, Template(_GENERATE).substitute(processor="")
+    return inputs, Template(_GENERATE).substitute(processor="", **copies)
+
+
+def _half(spec: ScriptSpec) -> bool:
+    return spec.dtype in ("bfloat16", "float16")
+
+
+def _rows_alone(spec: ScriptSpec) -> bool:
+    return spec.packed if spec.packed is not None else spec.task in ROW_BY_ROW
 
 
 def _sampled(spec: ScriptSpec) -> bool:

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 
 import pytest
+import torch
 
 from bot.inference import attention
 from bot.inference.executor import Executor
@@ -127,18 +128,20 @@ async def test_attention_over_the_padded_batch_in_bf16_is_caught(peaked_settings
     assert batched != alone
 
 
-def test_encoders_run_packed_in_every_dtype_and_others_keep_the_same_width_rule(peaked_settings):
+def test_encoders_run_packed_in_every_dtype_decoders_row_by_row_in_half_and_seq2seq_by_width(peaked_settings):
     backend = LocalBackend(dataclasses.replace(peaked_settings, dtype="bfloat16"))
     assert backend.batch_rule("sentiment") == "same width"  # before its model is loaded: the safe rule
     for task in ("sentiment", "ner", "ask", "mask", "embed", "generate", "translate"):
         run(backend, task, [first_requests()[task]])
     rules = {task: backend.batch_rule(task) for task in ("sentiment", "ner", "ask", "mask", "embed", "generate", "translate")}
     assert rules == {"sentiment": "packed", "ner": "packed", "ask": "packed", "mask": "packed", "embed": "packed",
-                     "generate": "same width", "translate": "same width"}
+                     "generate": "any", "translate": "same width"}
+    assert backend.rows_alone("generate") and not backend.packed("generate")  # padded on the left, row by row
     fp32 = LocalBackend(dataclasses.replace(peaked_settings, dtype="float32"))
     run(fp32, "sentiment", [first_requests()["sentiment"]])
     run(fp32, "generate", [first_requests()["generate"]])
     assert (fp32.batch_rule("sentiment"), fp32.batch_rule("generate")) == ("packed", "any")
+    assert not fp32.rows_alone("generate")  # float32 decoders keep SDPA: they batch any widths already
     int8 = LocalBackend(dataclasses.replace(peaked_settings, dtype="float32", quantize="int8"))
     run(int8, "sentiment", [first_requests()["sentiment"]])
     assert int8.batch_rule("sentiment") == "alone" and not int8.packed("sentiment")
@@ -236,17 +239,62 @@ def test_row_by_row_attention_only_for_the_measured_families():
     assert switched == {"modernbert": False, "roberta": False, "bert": True}
 
 
-async def test_bf16_generation_batches_by_prompt_width_not_prompt_plus_new_tokens(peaked_settings):
-    """A generation row is padded to its prompt's width (the new tokens are not padding): prompts
-    of 7 and 9 tokens pad to 8 and 16 alone, so they must not share a batch, although with 12 new
-    tokens both need 24 positions."""
-    settings = dataclasses.replace(peaked_settings, dtype="bfloat16", max_queued_per_user=100)
-    prompts = [" ".join(["the bridge in Paris was wonderful said Alice"] * 3)[: 4 * n] for n in range(2, 14)]
-    requests = [generate.GenerateRequest(p, max_new_tokens=12, temperature=t, seed=7) for p in prompts for t in (0.0, 0.9)]
-    alone, batched, sizes = await through_the_executor(settings, requests, task="generate")
-    assert max(sizes) > 1
-    assert [r.text for r in batched] == [r.text for r in alone]
-    assert [r.tokens for r in batched] == [r.tokens for r in alone]
+# Prompts of 1 to 13 words (widths 1 to about 20 tokens), each greedy and sampled.
+GENERATE_REQUESTS = [generate.GenerateRequest(" ".join(["the bridge in Paris was wonderful said Alice"] * 3)[: 4 * n],
+                                              max_new_tokens=8, temperature=t, seed=7)
+                     for n in (1, 2, 3, 5, 8, 13) for t in (0.0, 0.9)]
+
+
+@pytest.fixture(scope="module")
+def wide_gpt2_settings(peaked_settings, peaked_checkpoints, tmp_path_factory):
+    """bf16 settings with /generate on the peaked GPT-2 widened to gpt2's 3072-wide MLP: from about
+    2,000 inputs on, a bf16 matrix product of one row rounds differently from two rows (attention.py),
+    and the tiny MLP (128 wide) would not show it."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    source = peaked_checkpoints["generate"]
+    config = GPT2Config.from_pretrained(source)
+    config.n_inner = 3072
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("wide-gpt2")
+    GPT2LMHeadModel(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return dataclasses.replace(peaked_settings, dtype="bfloat16", max_queued_per_user=100,
+                               checkpoints={**peaked_settings.checkpoints, "generate": str(out)})
+
+
+def _generated_with_scores(backend: LocalBackend, requests: list) -> tuple[list, list[torch.Tensor]]:
+    """`requests` run as one batch: the results, and each row's scores at each step (the LM head's output)."""
+    steps: list[torch.Tensor] = []
+    head = backend._models[backend._key("generate")].model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda module, args, out: steps.append(out[:, -1].float()))
+    try:
+        results = run(backend, "generate", requests)
+    finally:
+        hook.remove()
+    return results, [torch.stack([step[row] for step in steps]) for row in range(len(requests))]
+
+
+def test_bf16_generation_rows_are_bit_identical_to_alone_at_any_prompt_width(wide_gpt2_settings):
+    """GPT-2 in bf16 runs attention row by row on a batch padded on the left, and a lone row's matrix
+    products on two copies (attention.py): every row's scores at every step, and so its text, are
+    bit-identical to its prompt alone."""
+    backend = LocalBackend(wide_gpt2_settings)
+    run(backend, "generate", GENERATE_REQUESTS[:1])  # loads the model
+    assert backend.batch_rule("generate") == "any"
+    alone = [_generated_with_scores(backend, [request]) for request in GENERATE_REQUESTS]
+    results, scores = _generated_with_scores(backend, GENERATE_REQUESTS)
+    assert len({len(backend.prepare("generate", r).rows[0]["input_ids"]) for r in GENERATE_REQUESTS}) > 4
+    for row, (_, [own]) in enumerate(alone):  # a row alone stops at its end; the batch runs to the last one's
+        assert torch.equal(scores[row][: len(own)], own), f"row {row}"
+    assert results == [own for [own], _ in alone]
+
+
+async def test_bf16_generation_batches_prompts_of_any_width_through_the_executor(wide_gpt2_settings):
+    widths: list[set[int]] = []
+    alone, batched, _ = await through_the_executor(wide_gpt2_settings, GENERATE_REQUESTS, task="generate", widths=widths)
+    assert any(len(batch) > 1 for batch in widths), widths  # a batch held prompts of several widths
+    assert batched == alone
 
 
 async def test_int8_runs_requests_one_at_a_time_so_answers_are_the_same_as_alone(peaked_settings):

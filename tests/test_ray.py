@@ -360,7 +360,8 @@ async def test_the_bot_answers_and_describes_replicas_on_ray(cluster, fake_disco
     source = script_of(await press(fake_discord, reply))  # the Code button (#14) on a reply from a replica
     await discord_bot.executor.refresh()
     dtype, _ = discord_bot.executor.backend.precision("sentiment")  # as the replicas run it (DTYPE=auto)
-    assert discord_bot.executor.backend.packed("sentiment")  # CPU replicas run encoders packed (their reports)
+    backend = discord_bot.executor.backend
+    assert backend.packed("sentiment") and backend.rows_alone("sentiment")  # CPU replicas run encoders packed (their reports)
     assert ("from_pretrained(checkpoint)" if dtype == "float32" else f"from_pretrained(checkpoint, dtype=torch.{dtype})") in source
     models = await (await fake_discord.invoke_slash("models")).wait_final(10)
     assert models.embeds[0]["footer"]["text"].startswith("DTYPE=auto: ")  # why, from the replicas' own CPU

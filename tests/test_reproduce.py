@@ -127,9 +127,10 @@ def printouts(backend, tmp_path_factory) -> dict[str, tuple[str, dict, object, o
     return bot_and_script_printouts(backend, tmp_path_factory.mktemp("scripts"), cases)
 
 
-# DTYPE=bfloat16 for every task: the scripts run each encoder text alone and unpadded (the bot's rows
-# are bit-identical to that: attention.py) and pad /generate and /translate prompts as the bot does.
-BF16_CASES = ["sentiment", "embed", "embed-padded", "mask", "mask-several", "ner", "ask", "ask-windows"]
+# DTYPE=bfloat16: the scripts run each encoder text and /generate prompt alone and unpadded (the bot's
+# rows are bit-identical to that: attention.py; a prompt as two copies, as the bot runs a lone row).
+BF16_CASES = ["sentiment", "embed", "embed-padded", "mask", "mask-several", "ner", "ask", "ask-windows",
+              "generate-greedy", "generate-sampled"]
 
 
 @pytest.fixture(scope="module")
@@ -234,21 +235,34 @@ def test_a_script_pads_like_the_bot_unless_the_bot_ran_the_model_packed(peaked_s
     assert backend_spec(int8, "sentiment", request, run(int8, "sentiment", [request])[0]).packed is False
 
 
-def test_on_ray_a_spec_says_packed_only_from_replicas_that_report_the_model_loaded():
+def test_a_bf16_generate_script_runs_the_prompt_as_two_copies_as_the_bot_runs_a_lone_row(peaked_settings):
+    import dataclasses
+
+    request = CASES["generate-greedy"][0]
+    for dtype, expected in (("bfloat16", "tokenizer([prompt, prompt], return_tensors"),
+                            ("float32", "tokenizer(prompt, return_tensors")):
+        backend = LocalBackend(dataclasses.replace(peaked_settings, dtype=dtype))
+        spec = backend_spec(backend, "generate", request, run(backend, "generate", [request])[0])
+        assert spec.packed is (dtype == "bfloat16")  # each row computed as alone: row-by-row attention
+        assert expected in script(spec) and "pads this input" not in script(spec)
+
+
+def test_on_ray_a_spec_says_rows_alone_only_from_replicas_that_report_the_model_loaded():
     """Until a replica reports the task's model loaded, Ray cannot tell: the spec then says None and
     the script decides by task, as specs stored before the flag do."""
     from types import SimpleNamespace
 
     from bot.inference.ray_client import RayBackend
 
-    def packed(*models):
+    def reported(*models):
         executor = SimpleNamespace(settings=SimpleNamespace(checkpoints={}), replicas=[{"models": list(models)}])
-        return RayBackend(executor).packed("sentiment")
+        return RayBackend(executor).rows_alone("sentiment"), RayBackend(executor).packed("sentiment")
 
-    assert packed() is None
-    assert packed({"task": "sentiment", "loaded": False, "packed": False}) is None
-    assert packed({"task": "sentiment", "loaded": True, "packed": True}, {"task": "ner", "loaded": True, "packed": False})
-    assert packed({"task": "sentiment", "loaded": True, "packed": False}) is False
+    assert reported() == (None, None)
+    assert reported({"task": "sentiment", "loaded": False, "rows_alone": False, "packed": False}) == (None, None)
+    assert reported({"task": "sentiment", "loaded": True, "rows_alone": True, "packed": True},
+                    {"task": "ner", "loaded": True, "rows_alone": False, "packed": False}) == (True, True)
+    assert reported({"task": "sentiment", "loaded": True, "rows_alone": True, "packed": False}) == (True, False)
 
 
 def test_a_script_keeps_the_bots_precision_and_says_when_a_path_is_hidden(backend):

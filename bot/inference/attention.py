@@ -20,21 +20,35 @@ Only for the encoder families measured (MEASURED: BERT and DistilBERT, the defau
 CPU; other models keep SDPA and padding. (A sliding-window encoder such as ModernBERT would break
 it: its mask is not a padding mask.) A GPU is not measured: kernels picked by matrix size may round
 differently there.
+
+Decoders (DECODERS: GPT-2, /generate's family) in half precision run attention row by row too, not
+packed: a batch padded on the left, each row's queries and keys its own real tokens (the prompt
+causal, then one query per step on the row's part of the cache). Two more things made a row
+depend on its batch in bf16, both fixed here: SDPA over the padded keys, and a matrix product of
+a single row, which torch runs on another kernel (a matrix-vector product) that rounds differently
+from two rows or more (GPT-2's MLP output, 3072 inputs: the last bit of some outputs). A decoding
+step of one row therefore runs its matrix products on two copies of the row. Every row's tokens and
+scores are then bit-identical to the model on that prompt alone and unpadded, and bf16 prompts of
+any widths batch (BENCHMARKS.md "bf16 /generate"). In float32 decoders keep SDPA: their batches
+already take any widths, and nothing would be faster.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import types
 from typing import Any
 
 import torch
 
-ROWWISE = "automodel_rowwise_sdpa"
+ROWWISE = "automodel_rowwise_sdpa"  # encoders, packed
+ROWWISE_CAUSAL = "automodel_rowwise_causal_sdpa"  # decoders, padded on the left
 # model_type → the attribute of the base model holding its layer stack: plain right-padding masks, full
 # attention (the families measured)
 MEASURED = {"bert": "encoder", "distilbert": "transformer"}
 PACKED = "automodel_packed"  # the keyword that carries a Packed from the encoder to its attention calls
+DECODERS = frozenset({"gpt2"})  # causal LMs measured: left padding, plain causal masks, a cache per batch
 
 
 def rowwise_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -62,6 +76,47 @@ def rowwise_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
         for row, length in enumerate(_visible(attention_mask).sum(-1).tolist()):
             out[row, :length] = alone(row, 0, length)
     return out, None
+
+
+def rowwise_causal_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA on each row's tokens alone, for a decoder batch padded on the left: a row's
+    real keys are the last `length` of the cache. Reading the prompt (as many queries as keys), its
+    queries are its last `length` too, causal as alone; at a decoding step, its one query."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    kwargs["is_causal"] = True  # sdpa_attention_forward keeps it only for a query of more than one token
+    if attention_mask is None:  # rows of one width, no padding
+        return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+    batch, heads, width, _ = query.shape
+    keys = key.shape[2]
+    visible = _visible(attention_mask[:, :, -1:])  # what the last query sees: all of its row's real keys
+    lengths = visible.sum(-1)
+    left_padded = bool((visible.flip(-1).cumprod(-1).sum(-1) == lengths).all())
+    if not left_padded or 1 < width < keys:  # not measured (a prompt read in pieces): the padded batch
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    out = query.new_zeros(batch, width, heads, value.shape[-1])  # padded positions stay zero: nothing reads them
+    for row, length in enumerate(lengths.tolist()):
+        queries = min(width, length)
+        rows, mine = slice(row, row + 1), slice(keys - length, None)
+        out[row, width - queries:] = sdpa_attention_forward(
+            module, query[rows, :, width - queries:], key[rows, :, mine], value[rows, :, mine], None, **kwargs)[0][0]
+    return out, None
+
+
+def _two_rows_at_least(module: torch.nn.Module) -> None:
+    """Run the module's matrix product on two copies of a single row, keeping one: in half precision
+    a single row takes a matrix-vector kernel that rounds differently from two rows or more."""
+    if "forward" in vars(module):  # once
+        return
+    own = type(module).forward
+
+    def forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if x.shape[:-1].numel() != 1:
+            return own(self, x, *args, **kwargs)
+        return own(self, torch.cat([x, x]), *args, **kwargs)[:1]
+
+    module.forward = types.MethodType(forward, module)
 
 
 def _visible(mask: torch.Tensor) -> torch.Tensor:
@@ -111,30 +166,27 @@ def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    if ROWWISE in AttentionInterface._global_mapping:  # once per process
+    if ROWWISE_CAUSAL in AttentionInterface._global_mapping:  # once per process
         return
-    AttentionInterface.register(ROWWISE, rowwise_sdpa)
-    AttentionMaskInterface.register(ROWWISE, sdpa_mask)  # the boolean padding mask SDPA gets
+    for name, function in ((ROWWISE, rowwise_sdpa), (ROWWISE_CAUSAL, rowwise_causal_sdpa)):
+        AttentionInterface.register(name, function)
+        AttentionMaskInterface.register(name, sdpa_mask)  # the boolean padding (and causal) mask SDPA gets
 
 
 def use_rowwise(model: Any) -> bool:
-    """Switch an encoder of a MEASURED family to row-by-row attention; True when it now runs it.
-    Decoders (causal masks, caches), other families and classes that do not take a registered
-    attention function keep theirs."""
+    """Switch an encoder of a MEASURED family to packed row-by-row attention, or a decoder of DECODERS
+    in half precision to row-by-row causal attention; True when it now runs either. Seq2seq models,
+    other families and classes that do not take a registered attention function keep theirs."""
     config = model.config
-    generates = getattr(model, "can_generate", lambda: False)()  # GPT-2 is not marked is_decoder
-    if generates or getattr(config, "is_decoder", False) or getattr(config, "is_encoder_decoder", False) \
-            or getattr(config, "model_type", None) not in MEASURED \
-            or not getattr(model, "_supports_attention_backend", False) \
+    if getattr(config, "is_encoder_decoder", False) or not getattr(model, "_supports_attention_backend", False) \
             or getattr(config, "_attn_implementation", None) != "sdpa":
         return rowwise(model)
-    stack = getattr(model.base_model, MEASURED[config.model_type], None)
-    if stack is None:  # a layout not measured
+    if getattr(model, "can_generate", lambda: False)() or getattr(config, "is_decoder", False):  # GPT-2 is not marked is_decoder
+        return _use_causal(model)
+    stack = getattr(model.base_model, MEASURED.get(getattr(config, "model_type", None), ""), None)
+    if stack is None:  # a family or layout not measured
         return False
-    _register()
-    try:
-        model.set_attn_implementation(ROWWISE)
-    except (ValueError, TypeError, AttributeError):
+    if not _switch(model, ROWWISE):
         return False
     if not getattr(stack, "_automodel_packing", False):  # hooks once, even if switched back and forth
         stack.register_forward_pre_hook(lambda module, args, kwargs: _pack(config, args, kwargs), with_kwargs=True)
@@ -143,6 +195,33 @@ def use_rowwise(model: Any) -> bool:
     return rowwise(model)
 
 
+def _use_causal(model: Any) -> bool:
+    half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
+    if not half or getattr(model.config, "model_type", None) not in DECODERS or not _switch(model, ROWWISE_CAUSAL):
+        return False
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
+            _two_rows_at_least(module)
+    return rowwise(model)
+
+
+def _switch(model: Any, implementation: str) -> bool:
+    _register()
+    try:
+        model.set_attn_implementation(implementation)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
 def rowwise(model: Any) -> bool:
-    """Whether the model runs row-by-row attention (use_rowwise)."""
+    """Whether the model runs row-by-row attention (use_rowwise), packed or causal: each row computed as
+    alone and unpadded."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) in (ROWWISE, ROWWISE_CAUSAL)
+
+
+def packs(model: Any) -> bool:
+    """Whether the model runs packed (an encoder, use_rowwise): no layer of its stack computes padding."""
     return getattr(getattr(model, "config", None), "_attn_implementation", None) == ROWWISE

@@ -233,6 +233,7 @@ class LocalBackend:
                     "dtype_reason": reason,
                     "quantize": quantize,
                     "packed": self.packed(name),
+                    "rows_alone": self.rows_alone(name),
                     "parameters": _count_parameters(self._view(name, loaded)) if loaded else None,
                     "memory_bytes": loaded.nbytes if loaded else None,
                     "loaded": loaded is not None,
@@ -267,7 +268,13 @@ class LocalBackend:
         return dtype_name(self._dtype_of(self._key(task))), self.settings.quantize if self._quantized() else "none"
 
     def packed(self, task: str) -> bool:
-        """Whether the task's model runs packed, each row as alone and unpadded (attention.py)."""
+        """Whether the task's model runs packed: an encoder computing no padded token (attention.py)."""
+        loaded = self._models.get(self._key(task))
+        return bool(loaded and attention.packs(loaded.model))
+
+    def rows_alone(self, task: str) -> bool:
+        """Whether the task's model computes each row as alone and unpadded (attention.py): packed
+        encoders, and decoders running attention row by row."""
         loaded = self._models.get(self._key(task))
         return bool(loaded and attention.rowwise(loaded.model))
 
@@ -299,15 +306,15 @@ class LocalBackend:
         """Which rows the executor may batch together so that answers stay the same as alone:
         "packed" for encoders running attention row by row on their rows packed without padding
         (bot/inference/attention.py: rows of any lengths; in half precision bit-identical to alone);
-        "any" for other models in float32; "same width" for them in half precision, where padding
-        wider changes the answer (executor.cut_batch); "alone" with int8, whose activations are
-        quantized with one scale per batch (companions moved scores by 0.5 % even at one width)."""
+        "any" for other models in float32, and for decoders running attention row by row; "same
+        width" for the others in half precision, where padding wider changes the answer
+        (executor.cut_batch); "alone" with int8, whose activations are quantized with one scale per
+        batch (companions moved scores by 0.5 % even at one width)."""
         if self._quantized():
             return "alone"
-        key = self._key(task)
         if self.packed(task):  # before the load, the safe rule: the model decides (attention.py)
             return "packed"
-        return "any" if self._dtype_of(key) == torch.float32 else "same width"
+        return "any" if self._dtype_of(self._key(task)) == torch.float32 or self.rows_alone(task) else "same width"
 
     def _quantized(self) -> bool:
         return self.settings.quantize == "int8" and self.device.type == "cpu"
@@ -333,9 +340,10 @@ class LocalBackend:
         model = cast(model, self.device, dtype).eval()
         if self._quantized():
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-        elif self.device.type == "cpu" and attention.use_rowwise(model):  # any lengths batch, no padding computed
+        elif self.device.type == "cpu" and attention.use_rowwise(model):  # any lengths batch, as alone
             # (CPU only: on a GPU, kernels picked by matrix size may round differently; not measured)
-            log.info("%s: packed, attention row by row (answers independent of padding)", checkpoint)
+            log.info("%s: %s, attention row by row (answers independent of padding)", checkpoint,
+                     "packed" if attention.packs(model) else "padded on the left")
         nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
         seconds = time.perf_counter() - started
         log.info("Loaded %s in %.1fs (%.0f MB)", checkpoint, seconds, nbytes / 2**20)

@@ -100,9 +100,17 @@ class RayBackend:
 
     def packed(self, task: str) -> bool | None:
         """Whether the task's replicas run its model packed, from the last reports of replicas that have
-        it loaded; None (the Code button then decides by task) until one has reported so."""
-        loaded = [m["packed"] for r in self.executor.replicas for m in r["models"]
-                  if m["task"] == task and m.get("loaded") and "packed" in m]
+        it loaded; None until one has reported so."""
+        return self._reported(task, "packed")
+
+    def rows_alone(self, task: str) -> bool | None:
+        """Whether the task's replicas compute each row as alone and unpadded (LocalBackend.rows_alone);
+        None (the Code button then decides by task) until a replica with the model loaded reports so."""
+        return self._reported(task, "rows_alone")
+
+    def _reported(self, task: str, field: str) -> bool | None:
+        loaded = [m[field] for r in self.executor.replicas for m in r["models"]
+                  if m["task"] == task and m.get("loaded") and field in m]
         return any(loaded) if loaded else None
 
     def set_checkpoint(self, task: str, checkpoint: str) -> None:

@@ -5,6 +5,9 @@ that `automodel-bot bench` builds, two parts:
                   lengths, as the executor packs at 32 clients), row by row, against the
                   plain SDPA model on the text alone and unpadded: how many answers differ (0 expected)
                   and by how much; plain SDPA at the same widths for contrast.
+  identity generate
+                  real-size gpt2: prompts in mixed batches, padded on the left, against each alone and
+                  unpadded: rows whose scores differ at any of 16 greedy steps.
   speed TASK CLIENTS REQUESTS
                   one process, closed loop, sides A B C D E E D C B A on the same heavy-tailed requests:
                   naive fp32, the fp32 executor on padded rows, the bf16 executor with SDPA over the padded batch
@@ -17,7 +20,13 @@ PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python scripts/precision/row_by_row.py i
                   the same in fp32: naive, the executor on padded rows with SDPA over the batch,
                   and the executor packed (row by row, no padding computed).
 
+  speed-generate generate STREAMS REQUESTS
+                  /generate (gpt2): naive fp32, the fp32 executor, the bf16 executor under the same-width
+                  rule (the code before row-by-row causal attention) and row by row (any widths batch).
+                  Requests of 32 new tokens each, so req/s × 32 is tokens/s.
+
 PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python scripts/precision/row_by_row.py speed sentiment 1,8,32 128
+PYTHONPATH=. HF_HUB_OFFLINE=1 .venv/bin/python scripts/precision/row_by_row.py speed-generate generate 1,8 32
 """
 
 import asyncio
@@ -28,7 +37,7 @@ from pathlib import Path
 import torch
 
 from bot import bench
-from bot.inference.attention import MEASURED, use_rowwise
+from bot.inference.attention import MEASURED, rowwise, use_rowwise
 from bot.inference.tasks import TASKS
 from bot.settings import load_settings
 from bot.synthetic import build_checkpoints
@@ -83,22 +92,64 @@ def identity(task: str) -> None:
         print(f"{task} bf16, {name}: {differ}/{total} answers differ from the text alone and unpadded, worst {worst:.2e}")
 
 
+def identity_generate() -> None:
+    """Real-size gpt2 in bf16: greedy steps of prompts in mixed batches (padded on the left, as the bot
+    batches them) against each prompt alone and unpadded on the plain SDPA model: rows whose scores
+    differ at any of 16 steps."""
+    import transformers
+
+    torch.set_num_threads(2)
+    checkpoint = build_checkpoints(MODELS, "real")["generate"]
+    plain = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa").eval().to(torch.bfloat16)
+    rows = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa").eval().to(torch.bfloat16)
+    assert use_rowwise(rows)
+
+    def steps(model, prompts):  # [rows, 16 steps, vocabulary]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, min_new_tokens=16, do_sample=False,
+                             pad_token_id=0, return_dict_in_generate=True, output_logits=True)
+        return torch.stack(out.logits, 1).float()
+
+    torch.manual_seed(0)
+    batches = [[int(n) for n in torch.randint(1, 60, (size,))] for size in (2, 3, 5, 8, 8, 16)] + [[1, 7, 100, 3]]
+    with torch.inference_mode():
+        for name, model in (("plain SDPA", plain), ("row by row", rows)):
+            differ = total = 0
+            worst = 0.0
+            for lengths in batches:
+                prompts = [torch.randint(1000, 20000, (n,)).tolist() for n in lengths]
+                batched = steps(model, prompts)
+                for i, prompt in enumerate(prompts):
+                    d = (batched[i] - steps(plain, [prompt])[0]).abs().max().item()
+                    total, differ, worst = total + 1, differ + (d > 0), max(worst, d)
+            print(f"generate bf16, {name}: {differ}/{total} rows' scores differ from the prompt alone and unpadded "
+                  f"at some step of 16, worst {worst:.2e}", flush=True)
+
+
 async def executor_of(task: str, checkpoint, fmt: str, layout: str):
-    """A warm executor in `fmt` whose encoder runs "packed" (the bot's way), "padded" (row by row in
-    half precision, SDPA over the batch in fp32; the code before packing) or "same width" (SDPA over
-    the padded batch under the same-width rule: the code before row-by-row attention)."""
+    """A warm executor in `fmt` whose model runs "packed" or "row by row" (the bot's way: encoders
+    packed, decoders row by row in half precision), "padded" (encoders row by row in half precision,
+    SDPA over the batch in fp32; the code before packing) or "same width" (SDPA over the padded batch
+    under the same-width rule, a lone decoder row's products as they come: the code before
+    row-by-row attention)."""
     executor = await bench.started_executor(task, checkpoint, load_settings(), fmt)
-    if layout == "packed":
-        for loaded in executor.backend._models.values():
-            assert use_rowwise(loaded.model)
-        assert executor.backend.batch_rule(task) == "packed"
+    models = [loaded.model for loaded in executor.backend._models.values()]
+    if layout in ("packed", "row by row"):
+        assert all(rowwise(model) for model in models)
+        assert executor.backend.batch_rule(task) == ("packed" if layout == "packed" else "any")
         return executor
-    for loaded in executor.backend._models.values():  # without the encoder's packing hooks
-        stack = getattr(loaded.model.base_model, MEASURED[loaded.model.config.model_type])
-        stack._forward_pre_hooks.clear()
-        stack._forward_hooks.clear()
+    for model in models:
+        if model.config.model_type in MEASURED:  # without the encoder's packing hooks
+            stack = getattr(model.base_model, MEASURED[model.config.model_type])
+            stack._forward_pre_hooks.clear()
+            stack._forward_hooks.clear()
+        else:  # a decoder: one row's matrix products on one row
+            for module in model.modules():
+                vars(module).pop("forward", None)
         if layout == "same width" or fmt == "fp32":
-            loaded.model.set_attn_implementation("sdpa")
+            model.set_attn_implementation("sdpa")
     if layout == "padded":
         executor.backend.batch_rule = lambda task: "any"
     assert executor.backend.batch_rule(task) == ("any" if layout == "padded" else "same width")
@@ -112,7 +163,11 @@ async def compare(task: str, clients: list[int], n: int, layouts: dict[str, tupl
     rng = random.Random(11)
     checkpoint = build_checkpoints(MODELS, "real")[task]
     naive = bench.Naive(task, checkpoint)
-    requests = [bench.make_request(task, t, rng, 20) for t in bench.heavy_tailed_texts(n, naive.tokenizer, 512 - 24, rng)]
+    if task == "generate":  # the bench's prompts: 4-16 words, 32 new tokens each
+        texts = [" ".join(rng.choice(bench.WORDS) for _ in range(rng.randint(4, 16))) for _ in range(n)]
+        requests = [bench.make_request(task, t, rng, 32) for t in texts]
+    else:
+        requests = [bench.make_request(task, t, rng, 20) for t in bench.heavy_tailed_texts(n, naive.tokenizer, 512 - 24, rng)]
     executors = {name: await executor_of(task, checkpoint, fmt, layout) for name, (fmt, layout) in layouts.items()}
 
     def via(executor):
@@ -137,12 +192,15 @@ SPEED = {  # name → (format, layout), and the ratios printed
                ("bf16 packed", "fp32 padded")]),
     "speed-fp32": ({"fp32 padded": ("fp32", "padded"), "fp32 packed": ("fp32", "packed")},
                    [("fp32 packed", "fp32 padded")]),
+    "speed-generate": ({"fp32": ("fp32", "padded"), "bf16 same width": ("bf16", "same width"),
+                        "bf16 row by row": ("bf16", "row by row")},
+                       [("bf16 row by row", "bf16 same width"), ("bf16 row by row", "fp32"), ("bf16 same width", "fp32")]),
 }
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "identity":
-        identity(sys.argv[2])
+        identity_generate() if sys.argv[2] == "generate" else identity(sys.argv[2])
     else:
         layouts, ratios = SPEED[sys.argv[1]]
         asyncio.run(compare(sys.argv[2], [int(c) for c in sys.argv[3].split(",")], int(sys.argv[4]), layouts, ratios))

@@ -6,8 +6,8 @@ that `automodel-bot bench` builds, two parts:
                   plain SDPA model on the text alone and unpadded: how many answers differ (0 expected)
                   and by how much; plain SDPA at the same widths for contrast.
   identity generate
-                  real-size gpt2: prompts in mixed batches, padded on the left, against each alone and
-                  unpadded: rows whose scores differ at any of 16 greedy steps.
+                  real-size gpt2: prompts in mixed batches, padded on the left, against each alone,
+                  unpadded and as two copies: rows whose scores differ at any of 16 greedy steps.
   speed TASK CLIENTS REQUESTS
                   one process, closed loop, sides A B C D E E D C B A on the same heavy-tailed requests:
                   naive fp32, the fp32 executor on padded rows, the bf16 executor with SDPA over the padded batch
@@ -94,8 +94,9 @@ def identity(task: str) -> None:
 
 def identity_generate() -> None:
     """Real-size gpt2 in bf16: greedy steps of prompts in mixed batches (padded on the left, as the bot
-    batches them) against each prompt alone and unpadded on the plain SDPA model: rows whose scores
-    differ at any of 16 steps."""
+    batches them) against each prompt alone and unpadded on the plain SDPA model, run as two copies
+    (a single row's products take another kernel; the bot and its scripts run a lone row so too):
+    rows whose scores differ at any of 16 steps."""
     import transformers
 
     torch.set_num_threads(2)
@@ -122,7 +123,7 @@ def identity_generate() -> None:
                 prompts = [torch.randint(1000, 20000, (n,)).tolist() for n in lengths]
                 batched = steps(model, prompts)
                 for i, prompt in enumerate(prompts):
-                    d = (batched[i] - steps(plain, [prompt])[0]).abs().max().item()
+                    d = (batched[i] - steps(plain, [prompt, prompt])[0]).abs().max().item()
                     total, differ, worst = total + 1, differ + (d > 0), max(worst, d)
             print(f"generate bf16, {name}: {differ}/{total} rows' scores differ from the prompt alone and unpadded "
                   f"at some step of 16, worst {worst:.2e}", flush=True)

@@ -33,7 +33,8 @@ WHY = {
 }
 # Tasks whose default models the bot runs packed on CPU (attention.py): each row's answer is the
 # model's on that text alone and unpadded, so scripts run each text alone too. For a spec stored
-# before specs said it themselves (ScriptSpec.packed).
+# before specs said it themselves (ScriptSpec.packed), and on Ray until a replica reports. Not
+# /generate: row by row only in half precision, so its script then says the bot pads.
 ROW_BY_ROW = frozenset({"sentiment", "embed", "mask", "ner", "ask"})
 WRAP = 72  # longer texts become one literal per line, joined by Python's implicit concatenation
 

@@ -18,7 +18,7 @@ from bot.inference import attention
 from bot.inference.executor import Executor
 from bot.inference.local import LocalBackend
 from bot.inference.tasks import ask, embed, generate, mask, ner, sentiment, translate
-from bot.inference.tasks.base import pad_rows
+from bot.inference.tasks.base import PAD_MULTIPLE, pad_multiple, pad_rows
 from tests.answers import CASES, difference, first_requests, run, task_of
 
 TASK_MODULES = {"generate": generate, "mask": mask, "translate": translate, "ask": ask, "ner": ner,
@@ -137,6 +137,9 @@ def test_encoders_run_packed_in_every_dtype_decoders_row_by_row_in_half_and_seq2
     assert rules == {"sentiment": "packed", "ner": "packed", "ask": "packed", "mask": "packed", "embed": "packed",
                      "generate": "any", "translate": "same width"}
     assert backend.rows_alone("generate") and not backend.packed("generate")  # padded on the left, row by row
+    decoder = backend._models[backend._key("generate")].model  # right-padded rows (a /embed on it) fall back
+    assert not attention.rows_alone(decoder, "right") and pad_multiple(decoder, "right") == PAD_MULTIPLE
+    assert pad_multiple(decoder, "left") == 1
     fp32 = LocalBackend(dataclasses.replace(peaked_settings, dtype="float32"))
     run(fp32, "sentiment", [first_requests()["sentiment"]])
     run(fp32, "generate", [first_requests()["generate"]])
@@ -290,7 +293,28 @@ def test_bf16_generation_rows_are_bit_identical_to_alone_at_any_prompt_width(wid
     assert results == [own for [own], _ in alone]
 
 
+@pytest.mark.parametrize("fault", ["plain SDPA over the padded batch", "a lone row's products on one row"])
+def test_each_half_of_the_bf16_generation_fix_is_needed(wide_gpt2_settings, monkeypatch, fault):
+    """The comparison above can fail, and the wide model shows both effects: without either half of
+    the fix some row's scores differ from its prompt alone."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    attention._register()
+    if fault.startswith("plain"):
+        monkeypatch.setitem(AttentionInterface._global_mapping, attention.ROWWISE_CAUSAL, sdpa_attention_forward)
+    else:
+        monkeypatch.setattr(attention, "_two_rows_at_least", lambda module: None)
+    backend = LocalBackend(wide_gpt2_settings)
+    run(backend, "generate", GENERATE_REQUESTS[:1])
+    alone = [_generated_with_scores(backend, [request])[1][0] for request in GENERATE_REQUESTS]
+    _, scores = _generated_with_scores(backend, GENERATE_REQUESTS)
+    assert any(not torch.equal(scores[row][: len(own)], own) for row, own in enumerate(alone))
+
+
 async def test_bf16_generation_batches_prompts_of_any_width_through_the_executor(wide_gpt2_settings):
+    """The executor forms batches of prompts of several widths and hands each its own answer (the
+    texts: the scores test above is the one that sees the last bit)."""
     widths: list[set[int]] = []
     alone, batched, _ = await through_the_executor(wide_gpt2_settings, GENERATE_REQUESTS, task="generate", widths=widths)
     assert any(len(batch) > 1 for batch in widths), widths  # a batch held prompts of several widths

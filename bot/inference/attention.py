@@ -17,7 +17,7 @@ packed row differs from alone in the last bits, as a padded one does, and packin
 (1.13–1.36× at 8 and 32 clients).
 
 Only for the encoder families measured (MEASURED: BERT and DistilBERT, the defaults' families) on
-CPU; other models keep SDPA and padding. (A sliding-window encoder such as ModernBERT would break
+CPU; other encoders keep SDPA and padding. (A sliding-window encoder such as ModernBERT would break
 it: its mask is not a padding mask.) A GPU is not measured: kernels picked by matrix size may round
 differently there.
 
@@ -26,8 +26,9 @@ packed: a batch padded on the left, each row's queries and keys its own real tok
 causal, then one query per step on the row's part of the cache). Two more things made a row
 depend on its batch in bf16, both fixed here: SDPA over the padded keys, and a matrix product of
 a single row, which torch runs on another kernel (a matrix-vector product) that rounds differently
-from two rows or more (GPT-2's MLP output, 3072 inputs: the last bit of some outputs). A decoding
-step of one row therefore runs its matrix products on two copies of the row. Every row's tokens and
+from two rows or more (GPT-2's MLP output, 3072 inputs: the last bit of some outputs). A single row
+(a decoding step of one request, a one-token prompt) therefore runs its matrix products, the LM
+head's too, on two copies of the row. Every row's tokens and
 scores are then bit-identical to the model on that prompt alone and unpadded, and bf16 prompts of
 any widths batch (BENCHMARKS.md "bf16 /generate"). In float32 decoders keep SDPA: their batches
 already take any widths, and nothing would be faster.
@@ -85,7 +86,7 @@ def rowwise_causal_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch
     queries are its last `length` too, causal as alone; at a decoding step, its one query."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    kwargs["is_causal"] = True  # sdpa_attention_forward keeps it only for a query of more than one token
+    kwargs.setdefault("is_causal", getattr(module, "is_causal", True))  # kept only for a query of several tokens
     if attention_mask is None:  # rows of one width, no padding
         return sdpa_attention_forward(module, query, key, value, None, **kwargs)
     batch, heads, width, _ = query.shape
@@ -97,6 +98,8 @@ def rowwise_causal_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     out = query.new_zeros(batch, width, heads, value.shape[-1])  # padded positions stay zero: nothing reads them
     for row, length in enumerate(lengths.tolist()):
+        if not length:  # a row of padding only: nothing of it is read
+            continue
         queries = min(width, length)
         rows, mine = slice(row, row + 1), slice(keys - length, None)
         out[row, width - queries:] = sdpa_attention_forward(
@@ -107,21 +110,23 @@ def rowwise_causal_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch
 def _two_rows_at_least(module: torch.nn.Module) -> None:
     """Run the module's matrix product on two copies of a single row, keeping one: in half precision
     a single row takes a matrix-vector kernel that rounds differently from two rows or more."""
-    if "forward" in vars(module):  # once
+    if getattr(module, "_automodel_two_rows", False):  # once
         return
-    own = type(module).forward
+    own = module.forward
 
     def forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if x.shape[:-1].numel() != 1:
-            return own(self, x, *args, **kwargs)
-        return own(self, torch.cat([x, x]), *args, **kwargs)[:1]
+            return own(x, *args, **kwargs)
+        return own(torch.stack([x, x]), *args, **kwargs)[0]
 
     module.forward = types.MethodType(forward, module)
+    module._automodel_two_rows = True
 
 
 def _visible(mask: torch.Tensor) -> torch.Tensor:
-    """[batch, key] True where a row's key is a real token, from the 4-D mask attention gets
-    ([batch, 1, query, key]: True, or 0.0 when additive, = attend; padding is on the right)."""
+    """[batch, key] True where the first query of a row sees a real token, from the 4-D mask
+    attention gets ([batch, 1, query, key]: True, or 0.0 when additive, = attend). For an encoder,
+    padded on the right, those are the row's real tokens; a decoder passes its last query's row."""
     visible = mask[:, 0, 0, :]
     return visible if visible.dtype == torch.bool else visible == 0
 
@@ -166,11 +171,11 @@ def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    if ROWWISE_CAUSAL in AttentionInterface._global_mapping:  # once per process
+    if ROWWISE_CAUSAL in AttentionInterface._global_mapping:  # once per process (registered last)
         return
     for name, function in ((ROWWISE, rowwise_sdpa), (ROWWISE_CAUSAL, rowwise_causal_sdpa)):
-        AttentionInterface.register(name, function)
         AttentionMaskInterface.register(name, sdpa_mask)  # the boolean padding (and causal) mask SDPA gets
+        AttentionInterface.register(name, function)
 
 
 def use_rowwise(model: Any) -> bool:
@@ -197,7 +202,8 @@ def use_rowwise(model: Any) -> bool:
 
 def _use_causal(model: Any) -> bool:
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
-    if not half or getattr(model.config, "model_type", None) not in DECODERS or not _switch(model, ROWWISE_CAUSAL):
+    if not half or getattr(model.config, "model_type", None) not in DECODERS \
+            or getattr(model.config, "add_cross_attention", False) or not _switch(model, ROWWISE_CAUSAL):
         return False
     from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
 
@@ -225,3 +231,9 @@ def rowwise(model: Any) -> bool:
 def packs(model: Any) -> bool:
     """Whether the model runs packed (an encoder, use_rowwise): no layer of its stack computes padding."""
     return getattr(getattr(model, "config", None), "_attn_implementation", None) == ROWWISE
+
+
+def rows_alone(model: Any, side: str) -> bool:
+    """Whether rows padded on `side` come out as each row alone and unpadded: a packed encoder's, or a
+    row-by-row decoder's padded on the left (on the right, its attention falls back to the padded batch)."""
+    return packs(model) or (rowwise(model) and side == "left")

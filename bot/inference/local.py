@@ -276,7 +276,7 @@ class LocalBackend:
         """Whether the task's model computes each row as alone and unpadded (attention.py): packed
         encoders, and decoders running attention row by row."""
         loaded = self._models.get(self._key(task))
-        return bool(loaded and attention.rowwise(loaded.model))
+        return bool(loaded and attention.rows_alone(loaded.model, TASKS[task].padding_side))
 
     @property
     def dtype_reason(self) -> str:

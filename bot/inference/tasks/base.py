@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from bot.inference.attention import rowwise
+from bot.inference.attention import rows_alone
 from bot.inference.errors import InputError, InputTooLong
 
 if TYPE_CHECKING:
@@ -89,6 +89,7 @@ class Task:
     # Padding a batch may carry, as a fraction of its real tokens: padded positions are computed
     # like real ones, so more padding buys a bigger batch at the price of wasted work.
     max_padding: ClassVar[float] = 0.2
+    padding_side: ClassVar[str] = "right"  # where pad_rows pads this task's batches
 
     @property
     def auto_class(self) -> type:
@@ -166,13 +167,13 @@ def padded_width(tokens: int, multiple: int = PAD_MULTIPLE) -> int:
     return -(-tokens // multiple) * multiple
 
 
-def pad_multiple(model: Any) -> int:
-    """PAD_MULTIPLE in half precision, unless the model runs attention row by row (attention.py:
-    padding then changes nothing); 1 in fp32, where rounding the width up is only extra work (6-13 %
+def pad_multiple(model: Any, side: str = "right") -> int:
+    """PAD_MULTIPLE in half precision, unless the model computes rows padded on `side` as alone
+    (attention.py: padding then changes nothing); 1 in fp32, where rounding the width up is only extra work (6-13 %
     on a short text alone, BENCHMARKS.md "One client, paired") and answers do not depend on the
     padding (to well within the invariance tests' tolerance)."""
     half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
-    return PAD_MULTIPLE if half and not rowwise(model) else 1
+    return PAD_MULTIPLE if half and not rows_alone(model, side) else 1
 
 
 def pad_rows(

@@ -58,6 +58,7 @@ class GenerateTask(Task):
     sample = GenerateRequest("Hello, I'm a language model,", max_new_tokens=8, seed=0)
     # Decoding steps dominate and padding only lengthens the prompt: batch more freely.
     max_padding = 0.5
+    padding_side = "left"  # new tokens follow each prompt's last token
 
     def prepare(self, request, tokenizer, info: ModelInfo, settings) -> Prepared:
         prompt = clean_text(request.prompt, settings, what="prompt")
@@ -84,7 +85,8 @@ class GenerateTask(Task):
     def predict(self, model, tokenizer, batch, ctx: BatchContext) -> list[GenerateResult]:
         requests = [p.request for p in batch]
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        inputs = pad_rows([p.rows[0] for p in batch], pad_id, model_device(model), side="left", multiple=pad_multiple(model))
+        inputs = pad_rows([p.rows[0] for p in batch], pad_id, model_device(model), side=self.padding_side,
+                          multiple=pad_multiple(model, self.padding_side))
         prompt_width = inputs["input_ids"].shape[1]
         stopper = RowStopper(requests, prompt_width, tokenizer, ctx)
         output = model.generate(

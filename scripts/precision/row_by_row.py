@@ -8,6 +8,7 @@ that `automodel-bot bench` builds, two parts:
   identity generate
                   real-size gpt2: prompts in mixed batches, padded on the left, against each alone,
                   unpadded and as two copies: rows whose scores differ at any of 16 greedy steps.
+  two-copies      real-size gpt2, one prompt alone: what running a lone row's products on two copies costs.
   speed TASK CLIENTS REQUESTS
                   one process, closed loop, sides A B C D E E D C B A on the same heavy-tailed requests:
                   naive fp32, the fp32 executor on padded rows, the bf16 executor with SDPA over the padded batch
@@ -129,6 +130,37 @@ def identity_generate() -> None:
                   f"at some step of 16, worst {worst:.2e}", flush=True)
 
 
+def two_copies_cost() -> None:
+    """Real-size gpt2 in bf16, row by row, one prompt alone, 32 greedy tokens: a lone row's matrix
+    products on two copies (the bot) against on one row, sides A B B A three times."""
+    import time
+
+    import transformers
+
+    torch.set_num_threads(2)
+    checkpoint = build_checkpoints(MODELS, "real")["generate"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa").eval().to(torch.bfloat16)
+    assert use_rowwise(model)
+    copies = {module: module.forward for module in model.modules() if getattr(module, "_automodel_two_rows", False)}
+    ids = torch.randint(1000, 20000, (1, 12))
+
+    def rate(two: bool) -> float:
+        for module, forward in copies.items():
+            module.forward = forward if two else type(module).forward.__get__(module)
+        started = time.perf_counter()
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, min_new_tokens=32,
+                       do_sample=False, pad_token_id=0)
+        return 32 / (time.perf_counter() - started)
+
+    with torch.inference_mode():
+        rate(True)
+        sides = {True: 0.0, False: 0.0}
+        for two in (True, False, False, True) * 3:
+            sides[two] += rate(two) / 6
+    print(f"generate bf16, one prompt alone: two copies {sides[True]:.1f} tokens/s, one row {sides[False]:.1f}; "
+          f"{sides[True] / sides[False]:.2f}x")
+
+
 async def executor_of(task: str, checkpoint, fmt: str, layout: str):
     """A warm executor in `fmt` whose model runs "packed" or "row by row" (the bot's way: encoders
     packed, decoders row by row in half precision), "padded" (encoders row by row in half precision,
@@ -202,6 +234,8 @@ SPEED = {  # name → (format, layout), and the ratios printed
 if __name__ == "__main__":
     if sys.argv[1] == "identity":
         identity_generate() if sys.argv[2] == "generate" else identity(sys.argv[2])
+    elif sys.argv[1] == "two-copies":
+        two_copies_cost()
     else:
         layouts, ratios = SPEED[sys.argv[1]]
         asyncio.run(compare(sys.argv[2], [int(c) for c in sys.argv[3].split(",")], int(sys.argv[4]), layouts, ratios))

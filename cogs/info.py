@@ -61,7 +61,8 @@ class Info(commands.Cog):
             state = "loaded" if row["loaded"] else "loads on first use"
             params = f" · {_count(row['parameters'])} parameters" if row["parameters"] else ""
             shared = f" · shares weights with /{', /'.join(row['shared_with'])}" if row["shared_with"] and row["loaded"] else ""
-            packed = " · packed" if row.get("packed") else ""  # batches without padding (attention.py)
+            # Batches without padding, or rows of any width batching as alone (attention.py)
+            packed = " · packed" if row.get("packed") else " · row by row" if row.get("rows_alone") else ""
             embed.add_field(
                 name=f"/{row['task']}",
                 value=f"`{row['auto_class']}`\n`{self.shown(row['checkpoint'], interaction)[:200]}`\n{row['device']} · {row['dtype']}{packed} · {state}{params}{shared}"

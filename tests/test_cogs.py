@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -32,6 +33,7 @@ from bot.inference.tasks.ner import Entity, NerResult
 from bot.inference.tasks.sentiment import SentimentResult
 from bot.inference.tasks.translate import TranslateResult
 from bot.settings import load_settings
+from tests.answers import first_requests, run
 from tests.fake_discord import (
     APP_ID,
     CHANNEL_ID,
@@ -339,6 +341,16 @@ async def test_models_says_which_models_run_packed(fake_discord, discord_bot):
     fields = {f["name"]: f["value"] for f in reply.embeds[0]["fields"]}
     assert " · packed · loaded" in fields["/sentiment"]  # an encoder on CPU: batches without padding
     assert " · packed" not in fields["/generate"] and " · loaded" in fields["/generate"]
+    assert " · row by row" not in fields["/generate"]  # float32 decoders keep SDPA
+
+
+async def test_models_says_bf16_generate_runs_row_by_row(fake_discord, discord_bot, bot_settings, monkeypatch):
+    bf16 = LocalBackend(dataclasses.replace(bot_settings, dtype="bfloat16"))  # the module's shared backend is fp32
+    run(bf16, "generate", [first_requests()["generate"]])
+    monkeypatch.setattr(discord_bot.executor, "backend", bf16)
+    reply = await (await fake_discord.invoke_slash("models")).wait_final()
+    fields = {f["name"]: f["value"] for f in reply.embeds[0]["fields"]}
+    assert "bfloat16 · row by row · loaded" in fields["/generate"]  # prompts of any widths batch, as alone
 
 
 @pytest.mark.parametrize(

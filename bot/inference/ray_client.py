@@ -82,6 +82,7 @@ class RayBackend:
                 "dtype_reason": first.get("dtype_reason", ""),
                 "quantize": first.get("quantize", "none"),
                 "packed": self.packed(name),
+                "rows_alone": self.rows_alone(name),
                 "parameters": first.get("parameters"),
                 "memory_bytes": sum(m["memory_bytes"] or 0 for m in models) or None,
                 "loaded": any(m["loaded"] for m in models),

@@ -28,9 +28,9 @@ depend on its batch in bf16, both fixed here: SDPA over the padded keys, and a m
 a single row, which torch runs on another kernel (a matrix-vector product) that rounds differently
 from two rows or more (GPT-2's MLP output, 3072 inputs: the last bit of some outputs). A single row
 (a decoding step of one request, a one-token prompt) therefore runs its matrix products, the LM
-head's too, on two copies of the row. Every row's tokens and
-scores are then bit-identical to the model on that prompt alone and unpadded, and bf16 prompts of
-any widths batch (BENCHMARKS.md "bf16 /generate"). In float32 decoders keep SDPA: their batches
+head's too, on two copies of the row (3-4 % slower alone). Every row's tokens and scores are then
+bit-identical to the model on that prompt alone and unpadded (run as two copies), and bf16 prompts
+of any widths batch (BENCHMARKS.md "bf16 /generate"). In float32 decoders keep SDPA: their batches
 already take any widths, and nothing would be faster.
 """
 

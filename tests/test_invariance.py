@@ -9,6 +9,7 @@ same comparison then fails, so these tests can fail.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 
 import pytest
@@ -310,6 +311,26 @@ def test_each_half_of_the_bf16_generation_fix_is_needed(wide_gpt2_settings, monk
     alone = [_generated_with_scores(backend, [request])[1][0] for request in GENERATE_REQUESTS]
     _, scores = _generated_with_scores(backend, GENERATE_REQUESTS)
     assert any(not torch.equal(scores[row][: len(own)], own) for row, own in enumerate(alone))
+
+
+def test_a_lone_row_runs_as_two_copies_and_a_copied_layer_keeps_its_own_weights():
+    shapes: list[tuple[int, ...]] = []
+
+    class Recorded(torch.nn.Linear):  # what reaches the layer's own forward
+        def forward(self, x):
+            shapes.append(tuple(x.shape))
+            return super().forward(x)
+
+    layer = Recorded(4, 3)
+    attention._two_rows_at_least(layer)
+    assert layer(torch.ones(1, 1, 4)).shape == (1, 1, 3) and layer(torch.ones(3, 4)).shape == (3, 3)
+    assert shapes == [(2, 1, 1, 4), (3, 4)]  # the lone row went in twice; three rows as they are
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        twin.weight.zero_()
+        twin.bias.zero_()
+    assert torch.equal(twin(torch.ones(1, 4)), torch.zeros(1, 3))
+    assert not torch.equal(layer(torch.ones(1, 4)), torch.zeros(1, 3))  # the original's own weights still
 
 
 async def test_bf16_generation_batches_prompts_of_any_width_through_the_executor(wide_gpt2_settings):

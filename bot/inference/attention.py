@@ -112,12 +112,12 @@ def _two_rows_at_least(module: torch.nn.Module) -> None:
     a single row takes a matrix-vector kernel that rounds differently from two rows or more."""
     if getattr(module, "_automodel_two_rows", False):  # once
         return
-    own = module.forward
 
     def forward(self: torch.nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        own = type(self).forward  # through self: a deep copy of the module computes with its own weights
         if x.shape[:-1].numel() != 1:
-            return own(x, *args, **kwargs)
-        return own(torch.stack([x, x]), *args, **kwargs)[0]
+            return own(self, x, *args, **kwargs)
+        return own(self, torch.stack([x, x]), *args, **kwargs)[0]
 
     module.forward = types.MethodType(forward, module)
     module._automodel_two_rows = True

@@ -64,18 +64,15 @@ def rowwise_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor
     if packed is None and attention_mask is None:  # rows of one width, no padding
         return sdpa_attention_forward(module, query, key, value, None, **kwargs)
 
-    def alone(row: int, start: int, length: int) -> torch.Tensor:
-        tokens = (slice(row, row + 1), slice(None), slice(start, start + length))
-        return sdpa_attention_forward(module, query[tokens], key[tokens], value[tokens], None, **kwargs)[0][0]
-
     batch, heads, width, _ = query.shape
     out = query.new_zeros(batch, width, heads, value.shape[-1])  # padded positions stay zero: nothing reads them
     if packed is not None:
         for start, length in zip(itertools.accumulate(packed.lengths, initial=0), packed.lengths):
-            out[0, start:start + length] = alone(0, start, length)
+            tokens = slice(start, start + length)
+            out[0, tokens] = _row_alone(module, query, key, value, 0, tokens, tokens, kwargs)
     else:
         for row, length in enumerate(_visible(attention_mask).sum(-1).tolist()):
-            out[row, :length] = alone(row, 0, length)
+            out[row, :length] = _row_alone(module, query, key, value, row, slice(length), slice(length), kwargs)
     return out, None
 
 
@@ -100,11 +97,20 @@ def rowwise_causal_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch
     for row, length in enumerate(lengths.tolist()):
         if not length:  # a row of padding only: nothing of it is read
             continue
-        queries = min(width, length)
-        rows, mine = slice(row, row + 1), slice(keys - length, None)
-        out[row, width - queries:] = sdpa_attention_forward(
-            module, query[rows, :, width - queries:], key[rows, :, mine], value[rows, :, mine], None, **kwargs)[0][0]
+        queries = slice(width - min(width, length), None)
+        out[row, queries] = _row_alone(module, query, key, value, row, queries, slice(keys - length, None), kwargs)
     return out, None
+
+
+def _row_alone(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, row: int,
+               queries: slice, keys: slice, kwargs: dict[str, Any]) -> torch.Tensor:
+    """transformers' SDPA on one row's own queries and keys, unmasked, as that row alone would get
+    it: [queries, heads, dim]."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    rows = slice(row, row + 1)
+    return sdpa_attention_forward(module, query[rows, :, queries], key[rows, :, keys], value[rows, :, keys], None,
+                                  **kwargs)[0][0]
 
 
 def _two_rows_at_least(module: torch.nn.Module) -> None:

@@ -34,6 +34,7 @@ import asyncio
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,22 +47,31 @@ from bot.synthetic import build_checkpoints
 MODELS = Path.home() / ".cache/automodel-bot/bench-models"
 
 
-def identity(task: str) -> None:
+def bf16_model(task: str, row_by_row: bool) -> Any:
+    """The task's real-size model in bf16 on 2 threads (as the bench), with plain SDPA or switched to
+    row-by-row attention (the bot's way)."""
     import transformers
 
     torch.set_num_threads(2)
-    checkpoint = build_checkpoints(MODELS, "real")[task]
     auto = getattr(transformers, TASKS[task].auto_class_name)
-    plain = auto.from_pretrained(checkpoint, attn_implementation="sdpa").eval().to(torch.bfloat16)
-    rows = auto.from_pretrained(checkpoint, attn_implementation="sdpa").eval().to(torch.bfloat16)
-    assert use_rowwise(rows)
+    model = auto.from_pretrained(build_checkpoints(MODELS, "real")[task], attn_implementation="sdpa").eval()
+    model = model.to(torch.bfloat16)
+    if row_by_row:
+        assert use_rowwise(model)
+    return model
+
+
+def identity(task: str) -> None:
+    import transformers
+
+    plain, rows = bf16_model(task, row_by_row=False), bf16_model(task, row_by_row=True)
 
     def out(model, ids, mask, n):  # the row's real positions of the model's first output
         result = model(input_ids=ids, attention_mask=mask)
         first = next(v for v in result.values() if torch.is_tensor(v))
         return first[:, :n].float() if first.dim() > 2 or task == "ask" else first.float()
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(plain.name_or_path)
     texts = bench.heavy_tailed_texts(32, tokenizer, 500, random.Random(5))
     full = [len(tokenizer(t, truncation=True, max_length=500)["input_ids"]) for t in texts]  # a full batch's lengths
     torch.manual_seed(0)
@@ -98,13 +108,7 @@ def identity_generate() -> None:
     batches them) against each prompt alone and unpadded on the plain SDPA model, run as two copies
     (a single row's products take another kernel; the bot and its scripts run a lone row so too):
     rows whose scores differ at any of 16 steps."""
-    import transformers
-
-    torch.set_num_threads(2)
-    checkpoint = build_checkpoints(MODELS, "real")["generate"]
-    plain = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa").eval().to(torch.bfloat16)
-    rows = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa").eval().to(torch.bfloat16)
-    assert use_rowwise(rows)
+    plain, rows = bf16_model("generate", row_by_row=False), bf16_model("generate", row_by_row=True)
 
     def steps(model, prompts):  # [rows, 16 steps, vocabulary]
         width = max(len(p) for p in prompts)
@@ -135,12 +139,7 @@ def two_copies_cost() -> None:
     products on two copies (the bot) against on one row, sides A B B A three times."""
     import time
 
-    import transformers
-
-    torch.set_num_threads(2)
-    checkpoint = build_checkpoints(MODELS, "real")["generate"]
-    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, attn_implementation="sdpa").eval().to(torch.bfloat16)
-    assert use_rowwise(model)
+    model = bf16_model("generate", row_by_row=True)
     copies = {module: module.forward for module in model.modules() if getattr(module, "_automodel_two_rows", False)}
     ids = torch.randint(1000, 20000, (1, 12))
 

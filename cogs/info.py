@@ -62,10 +62,10 @@ class Info(commands.Cog):
             params = f" · {_count(row['parameters'])} parameters" if row["parameters"] else ""
             shared = f" · shares weights with /{', /'.join(row['shared_with'])}" if row["shared_with"] and row["loaded"] else ""
             # Batches without padding, or rows of any width batching as alone (attention.py)
-            packed = " · packed" if row.get("packed") else " · row by row" if row.get("rows_alone") else ""
+            layout = " · packed" if row.get("packed") else " · row by row" if row.get("rows_alone") else ""
             embed.add_field(
                 name=f"/{row['task']}",
-                value=f"`{row['auto_class']}`\n`{self.shown(row['checkpoint'], interaction)[:200]}`\n{row['device']} · {row['dtype']}{packed} · {state}{params}{shared}"
+                value=f"`{row['auto_class']}`\n`{self.shown(row['checkpoint'], interaction)[:200]}`\n{row['device']} · {row['dtype']}{layout} · {state}{params}{shared}"
                 + _replica_lines(row.get("replicas")),
                 inline=False,
             )

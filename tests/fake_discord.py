@@ -4,7 +4,9 @@ The fixtures point the unmodified discord.py at an aiohttp server on 127.0.0.1 b
 `discord.http.Route.BASE` and `DiscordWebSocket.DEFAULT_GATEWAY`; production code is untouched.
 The fake plays one guild with one text channel, records every REST call, and lets a test act as a
 user (slash commands, message context menus, button clicks) and inject faults (429, 5xx, dropped
-gateway, expired interaction tokens):
+gateway, expired interaction tokens). It takes one gateway session per shard, from one process or
+several, and sends each event where Discord would: the guild's to shard (guild_id >> 22) %
+shard_count, DMs to shard 0. A test:
 
     async def test_ping(fake_discord, discord_bot):
         interaction = await fake_discord.invoke_slash("ping", {"text": "hi"})
@@ -276,6 +278,7 @@ class FakeInteraction:
         self.followups: list[FakeMessage] = []
         self.modal: dict[str, Any] | None = None
         self.original_edits = 0  # successful PATCHes of @original through this token
+        self.shard: int | None = None  # the shard whose gateway session INTERACTION_CREATE went to
 
     def expire(self) -> None:
         """From now on the callback answers 404/10062 and webhook routes 401/50027."""
@@ -390,6 +393,18 @@ def route(method: str, pattern: str, *, auth: bool = True) -> Callable:
     return mark
 
 
+@dataclass
+class GatewaySession:
+    """One shard's identified gateway session: its live connection (None while dropped), and the
+    dispatches sent on it, numbered, for RESUME to replay."""
+
+    shard: int
+    id: str
+    ws: web.WebSocketResponse | None
+    seq: int = 0
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+
 class FakeDiscord:
     """The fake Discord server. Start with `await fake.start()`; the fixture does it for you."""
 
@@ -430,13 +445,12 @@ class FakeDiscord:
         self._ids = itertools.count(((int(time.time() * 1000) - DISCORD_EPOCH_MS) << 22) + 1)
         self._command_ids: dict[tuple[int | None, int, str], int] = {}
         self._changed = asyncio.Condition()
-        # Gateway session: every dispatch is logged with its sequence number so RESUME can replay.
-        self._ws: web.WebSocketResponse | None = None  # the live, identified connection
+        # Gateway sessions, one per shard (0 for a client that does not shard). Each logs its
+        # dispatches with their sequence numbers so RESUME can replay them.
+        self.sessions: dict[int, GatewaySession] = {}
+        self.shard_count = 1  # as the latest IDENTIFY said
         self._sockets: set[web.WebSocketResponse] = set()
         self._send_lock = asyncio.Lock()
-        self._session_id: str | None = None
-        self._seq = 0
-        self._dispatch_log: list[dict[str, Any]] = []
         self._routes = [
             getattr(self, name) for name in dir(type(self)) if hasattr(getattr(type(self), name), "route")
         ]
@@ -540,15 +554,16 @@ class FakeDiscord:
         return fault
 
     async def drop_gateway(
-        self, *, code: int = 4000, wait_resumed: bool = True, timeout: float = 5.0
+        self, *, code: int = 4000, wait_resumed: bool = True, timeout: float = 5.0, shard: int = 0
     ) -> None:
-        """Close the gateway connection with a resumable code; the client reconnects and RESUMEs.
-        Dispatches made meanwhile are queued and replayed on RESUME."""
-        ws = self._ws
-        assert ws is not None, "no identified gateway connection to drop"
+        """Close a shard's gateway connection with a resumable code; the client reconnects and
+        RESUMEs. Dispatches made meanwhile are queued and replayed on RESUME."""
+        session = self.sessions.get(shard)
+        ws = session.ws if session else None
+        assert ws is not None, f"no identified gateway connection of shard {shard} to drop"
         resumes = self.resume_count
         async with self._send_lock:  # no dispatch may be half-sent on the old socket
-            self._ws = None
+            session.ws = None
         await ws.close(code=code)
         if wait_resumed:
             await self.wait_resumed(resumes + 1, timeout)
@@ -708,22 +723,34 @@ class FakeDiscord:
         interaction = FakeInteraction(self, payload, target)
         interaction.expired = expired
         self.interactions[interaction.token] = interaction
-        await self.dispatch("INTERACTION_CREATE", payload)
+        interaction.shard = await self.dispatch("INTERACTION_CREATE", payload)
         return interaction
 
     # -- gateway ----------------------------------------------------------------------------------
 
-    async def dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send a DISPATCH to the client, or queue it for RESUME while disconnected."""
+    def shard_of(self, guild_id: int) -> int:
+        """Discord's rule: a guild's events go to shard (guild_id >> 22) % shard_count."""
+        return (guild_id >> 22) % self.shard_count
+
+    async def dispatch(self, event: str, data: dict[str, Any], *, shard: int | None = None) -> int | None:
+        """Send a DISPATCH to the shard that gets it (its guild's, else shard 0, as Discord sends
+        DMs), or queue it for RESUME while that shard is disconnected. Returns the shard, or None
+        when no session of that shard was ever identified (the event is lost, as on Discord)."""
+        if shard is None:
+            shard = self.shard_of(int(data["guild_id"])) if data.get("guild_id") else 0
         async with self._send_lock:
-            self._seq += 1
-            frame = {"op": 0, "t": event, "s": self._seq, "d": data}
-            self._dispatch_log.append(frame)
-            if self._ws is not None and not self._ws.closed:
+            session = self.sessions.get(shard)
+            if session is None:
+                return None
+            session.seq += 1
+            frame = {"op": 0, "t": event, "s": session.seq, "d": data}
+            session.log.append(frame)
+            if session.ws is not None and not session.ws.closed:
                 try:
-                    await self._ws.send_str(json.dumps(frame))
+                    await session.ws.send_str(json.dumps(frame))
                 except ConnectionResetError:  # gone mid-send: the client will RESUME and get it
-                    self._ws = None
+                    session.ws = None
+        return shard
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -749,8 +776,9 @@ class FakeDiscord:
                 await self._notify()
         finally:
             self._sockets.discard(ws)
-            if self._ws is ws:
-                self._ws = None
+            for session in self.sessions.values():
+                if session.ws is ws:
+                    session.ws = None
         return ws
 
     async def _identify(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
@@ -758,36 +786,40 @@ class FakeDiscord:
             await ws.close(code=4004, message=b"Authentication failed.")
             return
         self.identify_count += 1
+        shard, self.shard_count = data.get("shard") or (0, 1)
+        session = GatewaySession(shard, f"fake-session-{self.identify_count}", ws)
         async with self._send_lock:
-            self._session_id = f"fake-session-{self.identify_count}"
-            self._seq = 0
-            self._dispatch_log = []
-            self._ws = ws
+            self.sessions[shard] = session  # a new session: the shard's old one cannot be resumed
+        ours = self.shard_of(GUILD_ID) == shard
         ready = {
             "v": 10,
             "user": self.bot_user,
-            "guilds": [{"id": str(GUILD_ID), "unavailable": True}],
-            "session_id": self._session_id,
+            "guilds": [{"id": str(GUILD_ID), "unavailable": True}] if ours else [],
+            "session_id": session.id,
             "resume_gateway_url": str(self.gateway_url),
             "application": {"id": str(APP_ID), "flags": 0},
         }
-        await self.dispatch("READY", ready)
-        await self.dispatch("GUILD_CREATE", self._guild_json())
+        if "shard" in data:  # Discord echoes the IDENTIFY's shard
+            ready["shard"] = [shard, self.shard_count]
+        await self.dispatch("READY", ready, shard=shard)
+        if ours:
+            await self.dispatch("GUILD_CREATE", self._guild_json(), shard=shard)
 
     async def _resume(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
-        if data.get("token") != self.token or data.get("session_id") != self._session_id:
+        session = next((s for s in self.sessions.values() if s.id == data.get("session_id")), None)
+        if data.get("token") != self.token or session is None:
             await ws.send_str(json.dumps({"op": 9, "d": False}))  # not resumable: identify afresh
             return
         async with self._send_lock:
-            missed = [f for f in self._dispatch_log if f["s"] > (data.get("seq") or 0)]
+            missed = [f for f in session.log if f["s"] > (data.get("seq") or 0)]
             for frame in missed:
                 await ws.send_str(json.dumps(frame))
             self.replayed_count += len(missed)
-            self._seq += 1
-            resumed = {"op": 0, "t": "RESUMED", "s": self._seq, "d": {}}
-            self._dispatch_log.append(resumed)
+            session.seq += 1
+            resumed = {"op": 0, "t": "RESUMED", "s": session.seq, "d": {}}
+            session.log.append(resumed)
             await ws.send_str(json.dumps(resumed))
-            self._ws = ws
+            session.ws = ws
         self.resume_count += 1
 
     def _guild_json(self) -> dict[str, Any]:

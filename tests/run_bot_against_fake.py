@@ -5,7 +5,9 @@ fake Discord of the calling test (tests/test_ops.py), to test signals and the ex
 
 Production code is untouched: like the fake_discord fixture, this only points discord.py at the
 fake. With AUTOMODEL_TEST_GATE=<dir>, every batch writes <dir>/held and then waits until the test
-creates <dir>/open, so a test can hold one batch running while others queue behind it.
+creates <dir>/open, so a test can hold one batch running while others queue behind it. With
+AUTOMODEL_TEST_IDENTIFY_SPACING=<seconds>, processes by shard range stagger their connections by
+that instead of Discord's 5.5 s, to keep a test short.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import yarl
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot import cli  # noqa: E402
+from bot import client as client_module  # noqa: E402
 from bot.inference.local import LocalBackend  # noqa: E402
 
 
@@ -41,6 +44,8 @@ if __name__ == "__main__":
     api_base, gateway_url = sys.argv[1:3]
     discord.http.Route.BASE = api_base
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+    if os.environ.get("AUTOMODEL_TEST_IDENTIFY_SPACING"):
+        client_module.IDENTIFY_SPACING = float(os.environ["AUTOMODEL_TEST_IDENTIFY_SPACING"])
     if os.environ.get("AUTOMODEL_TEST_GATE"):
         hold_batches(Path(os.environ["AUTOMODEL_TEST_GATE"]))
     raise SystemExit(cli.main(["run"]))

@@ -494,13 +494,7 @@ def test_shards_setting_picks_the_bot_class():
 
 
 @pytest.mark.parametrize("env_overrides", [{"SHARDS": "auto"}])
-async def test_auto_sharded_bot_connects_and_is_ready(fake_discord, bot_settings, env_overrides, monkeypatch):
-    dispatch = fake_discord.dispatch
-
-    async def with_shard(event, data):  # Discord's READY echoes the IDENTIFY's shard; the fake's does not
-        await dispatch(event, data | {"shard": [0, 1]} if event == "READY" else data)
-
-    monkeypatch.setattr(fake_discord, "dispatch", with_shard)
+async def test_auto_sharded_bot_connects_and_is_ready(fake_discord, bot_settings, env_overrides):
     async with started_bot(fake_discord, bot_settings) as bot:
         assert isinstance(bot, ShardedAutoModelBot)
         await connect(bot)
@@ -535,12 +529,6 @@ def test_shard_ranges_per_process():
 async def test_a_process_without_shard_0_connects_its_shards_and_does_not_sync(
     fake_discord, bot_settings, env_overrides, monkeypatch
 ):
-    dispatch = fake_discord.dispatch
-
-    async def with_shard(event, data):  # Discord's READY echoes the IDENTIFY's shard; the fake's does not
-        await dispatch(event, data | {"shard": [1, 2]} if event == "READY" else data)
-
-    monkeypatch.setattr(fake_discord, "dispatch", with_shard)
     monkeypatch.setattr(client_module, "IDENTIFY_SPACING", 0.2)  # shard 1 waits one spacing
     async with started_bot(fake_discord, bot_settings) as bot:
         await connect(bot)

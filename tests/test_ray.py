@@ -42,7 +42,8 @@ from bot.settings import load_settings
 from tests.answers import difference, first_requests, run
 from tests.fake_discord import GUILD_ID, TOKEN, USER_ID
 from tests.test_code_button import press, script_of
-from tests.test_cogs import _every_sent_message_is_safe, slash  # noqa: F401
+from tests.test_cogs import _every_sent_message_is_safe, final, slash  # noqa: F401
+from tests.test_ops import ROOT, free_port, setting_names, wait_ready
 
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
@@ -82,9 +83,9 @@ async def replica_stopped(executor: RayExecutor, deployment: str):
 
 
 @pytest.fixture(scope="module")
-def ray_settings(tiny_env):
+def ray_env(tiny_env) -> dict[str, str]:
     """Two /sentiment replicas, one of every other group; no CPU reserved per replica (2 cores)."""
-    env = tiny_env | {
+    return tiny_env | {
         "INFERENCE": "ray",
         "RAY_ADDRESS": "auto",  # the bot side joins the cluster this module started
         "RAY_REPLICAS": "sentiment=2",
@@ -94,7 +95,11 @@ def ray_settings(tiny_env):
         "SHUTDOWN_GRACE": "2",
         "STREAM_INTERVAL": "0",  # every generated token is reported: tiny models write fast
     }
-    return load_settings(env)
+
+
+@pytest.fixture(scope="module")
+def ray_settings(ray_env):
+    return load_settings(ray_env)
 
 
 @pytest.fixture(scope="module")
@@ -369,6 +374,75 @@ async def test_the_bot_answers_and_describes_replicas_on_ray(cluster, fake_disco
     assert fields["/sentiment"].count("replica on node") == 2 and fields["/ner"].count("replica on node") == 1
     status = await (await fake_discord.invoke_slash("status")).wait_final(10)
     assert "replicas" in status.embeds[0]["description"]
+
+
+# -- the compose profile's shape: `serve`, then two bot processes by shard range ------------------------
+
+
+async def test_two_bot_processes_by_shard_range_share_one_serve_application(cluster, ray_env, fake_discord, tmp_path):
+    """docker-compose.ray.yml without docker, on this module's cluster: `automodel-bot serve`
+    deploys (updates) the models and prints where each replica landed; then two `automodel-bot
+    run` processes, shards 0-1 and 2-3 of 4, join the cluster. The fake sends the guild's events
+    to shard 2 and DMs to shard 0, as Discord would, so each process answers its own users, from
+    the same replicas; only the process with shard 0 syncs commands."""
+    address = ray.get_runtime_context().gcs_address
+    base = {k: v for k, v in os.environ.items() if k not in setting_names() and not k.startswith("RAY_")}
+    base |= {name: "" for name in setting_names()} | ray_env | {  # every setting explicit: no developer .env
+        "RAY_ADDRESS": address, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    served = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "serve", "--timeout", "120", env=base, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    printed = (await asyncio.wait_for(served.communicate(), 180))[0].decode()
+    assert served.returncode == 0, printed
+    landed = [line.split() for line in printed.splitlines() if line.split()[:1] in (["sentiment"], ["ner"])]
+    assert [row[0] for row in landed] == ["ner", "sentiment", "sentiment"] and all(row[3] == "cpu" for row in landed)
+
+    bots, logs = [], []
+    for shards in ("0-1", "2-3"):
+        port = free_port()
+        env = base | {"DISCORD_TOKEN": TOKEN, "DISCORD_GUILD_ID": str(GUILD_ID), "SHARD_COUNT": "4", "SHARD_IDS": shards,
+                      "METRICS_PORT": str(port), "STATE_DIR": str(tmp_path / f"state-{shards}"),
+                      "AUTOMODEL_TEST_IDENTIFY_SPACING": "1"}
+        logs.append(tmp_path / f"bot-{shards}.log")
+        with logs[-1].open("w") as log_file:
+            bots.append(await asyncio.create_subprocess_exec(
+                sys.executable, str(ROOT / "tests" / "run_bot_against_fake.py"), fake_discord.api_base,
+                str(fake_discord.gateway_url), env=env, cwd=tmp_path, stdout=log_file, stderr=log_file))
+        bots[-1].port = port
+    try:
+        for bot, log in zip(bots, logs):
+            await wait_ready(bot.port, bot, log, timeout=120)
+        identified = [frame["d"]["shard"] for frame in fake_discord.gateway_frames if frame.get("op") == 2]
+        assert sorted(identified) == [[0, 4], [1, 4], [2, 4], [3, 4]]  # each shard once, by one process
+
+        in_guild = await fake_discord.invoke_slash("sentiment", {"text": "I love this"})
+        in_dm = await fake_discord.invoke_slash("sentiment", {"text": "I love this"}, guild=False)
+        assert (in_guild.shard, in_dm.shard) == (2, 0)  # so process 2-3 answers one, process 0-1 the other
+        guild_reply, dm_reply = await final(in_guild, 60), await final(in_dm, 60)
+        assert guild_reply.embeds and "%" in guild_reply.embeds[0]["title"]
+        assert dm_reply.embeds[0]["title"] == guild_reply.embeds[0]["title"]  # one model, one answer
+
+        described = []
+        for guild in (True, False):  # /models from each process: the same replicas of one application
+            reply = await (await fake_discord.invoke_slash("models", guild=guild)).wait_final(30)
+            fields = {f["name"]: f["value"] for f in reply.embeds[0]["fields"]}
+            described.append(fields["/sentiment"])
+        assert described[0] == described[1] and described[0].count("replica on node") == 2
+        syncs = [r for r in fake_discord.requests if r.route.startswith("PUT /applications/")]
+        assert len(syncs) == 1  # by the process that runs shard 0
+
+        for bot in bots:
+            bot.send_signal(signal.SIGTERM)
+        assert [await asyncio.wait_for(bot.wait(), 30) for bot in bots] == [0, 0]
+    finally:
+        for bot in bots:
+            if bot.returncode is None:
+                bot.kill()
+                await bot.wait()
+    first, second = (log.read_text() for log in logs)
+    assert "commands are synced by the process that runs shard 0" in second and "connecting in" in second
+    assert "connecting in" not in first
+    assert "Traceback" not in first + second and TOKEN not in first + second
 
 
 # -- start-up failures: one line, never a hang ---------------------------------------------------------

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,7 +39,7 @@ from bot.inference.local import LocalBackend
 from bot.inference.ray_client import RayExecutor
 from bot.inference.tasks.generate import GenerateRequest
 from bot.inference.tasks.sentiment import SentimentRequest
-from bot.settings import load_settings
+from bot.settings import SettingsError, load_settings
 from tests.answers import difference, first_requests, run
 from tests.fake_discord import GUILD_ID, TOKEN, USER_ID
 from tests.test_code_button import press, script_of
@@ -146,6 +147,27 @@ def test_every_replica_is_placed_and_reported(cluster):
     assert deployments == ["ask", "generate", "mask+embed", "ner", "sentiment", "sentiment", "translate"]
     for replica in cluster:
         assert replica["node"] and all(m["loaded"] for m in replica["models"]), replica
+
+
+def test_per_task_ray_settings_size_each_deployment():
+    """RAY_REPLICAS (a count, or MIN-MAX for autoscaling), RAY_CPUS_PER_REPLICA and
+    RAY_GPUS_PER_REPLICA (fractions allowed) reach each model group's Serve options; a group that
+    serves two tasks (mask+embed share bert) takes the larger of its tasks' values."""
+    settings = load_settings({"INFERENCE": "ray", "RAY_REPLICAS": "sentiment=1-4,mask=2", "RAY_GPUS_PER_REPLICA": "0.25",
+                              "RAY_CPUS_PER_REPLICA": "ner=2,embed=0.5"})
+    deployments = {name: app._bound_deployment for name, app in ray_serve.applications(settings).items()}
+    assert set(deployments) == {ray_serve.app_name(g) for g in ("generate", "mask+embed", "translate", "ask", "ner", "sentiment")}
+    sentiment, shared, ner = (deployments[ray_serve.app_name(g)] for g in ("sentiment", "mask+embed", "ner"))
+    scaling = sentiment._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas) == (1, 4)
+    assert shared.num_replicas == 2 and shared._deployment_config.autoscaling_config is None
+    assert shared.ray_actor_options["num_cpus"] == 1.0  # max(mask's default 1, embed's 0.5)
+    assert ner.ray_actor_options["num_cpus"] == 2.0 and ner.num_replicas == 1
+    assert {d.ray_actor_options["num_gpus"] for d in deployments.values()} == {0.25}
+    for env, message in (({"RAY_REPLICAS": "sentiment=0"}, "1 <= MIN <= MAX"), ({"RAY_REPLICAS": "3-1"}, "1 <= MIN <= MAX"),
+                         ({"RAY_REPLICAS": "chat=2"}, "unknown task 'chat'"), ({"RAY_GPUS_PER_REPLICA": "-1"}, ">= 0")):
+        with pytest.raises(SettingsError, match=re.escape(message)):
+            load_settings(env)
 
 
 async def test_requests_take_the_tuned_serve_path(executor, ray_settings):

@@ -724,6 +724,8 @@ class FakeDiscord:
         interaction.expired = expired
         self.interactions[interaction.token] = interaction
         interaction.shard = await self.dispatch("INTERACTION_CREATE", payload)
+        if interaction.shard is None:  # else the test would wait for a reply that cannot come
+            self.problems.append(f"interaction {interaction.id} went to a shard no gateway session holds")
         return interaction
 
     # -- gateway ----------------------------------------------------------------------------------
@@ -737,7 +739,8 @@ class FakeDiscord:
         DMs), or queue it for RESUME while that shard is disconnected. Returns the shard, or None
         when no session of that shard was ever identified (the event is lost, as on Discord)."""
         if shard is None:
-            shard = self.shard_of(int(data["guild_id"])) if data.get("guild_id") else 0
+            guild_id = data.get("guild_id") or (data.get("id") if event.startswith("GUILD_") else None)
+            shard = self.shard_of(int(guild_id)) if guild_id else 0
         async with self._send_lock:
             session = self.sessions.get(shard)
             if session is None:

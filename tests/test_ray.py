@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -414,28 +415,36 @@ async def test_two_bot_processes_by_shard_range_share_one_serve_application(clus
     served = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot.cli", "serve", "--timeout", "120", env=base, cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    printed = (await asyncio.wait_for(served.communicate(), 180))[0].decode()
+    try:
+        printed = (await asyncio.wait_for(served.communicate(), 180))[0].decode()
+    finally:
+        if served.returncode is None:
+            served.kill()
+            await served.wait()
     assert served.returncode == 0, printed
     landed = [line.split() for line in printed.splitlines() if line.split()[:1] in (["sentiment"], ["ner"])]
-    assert [row[0] for row in landed] == ["ner", "sentiment", "sentiment"] and all(row[3] == "cpu" for row in landed)
+    assert {row[0] for row in landed} == {"ner", "sentiment"} and all(row[3] == "cpu" for row in landed)
+    # `serve` replaced every replica (a rolling update); retired ones leave the board within STALE_AFTER.
+    board = ray_serve.ensure_board()
+    expected = sorted(r["deployment"] for r in cluster)
+    await wait_until(lambda: sorted(r["deployment"] for r in ray.get(board.all.remote())) == expected,
+                     "the replaced replicas to leave the board", 60)
 
-    bots, logs = [], []
-    for shards in ("0-1", "2-3"):
-        port = free_port()
-        env = base | {"DISCORD_TOKEN": TOKEN, "DISCORD_GUILD_ID": str(GUILD_ID), "SHARD_COUNT": "4", "SHARD_IDS": shards,
-                      "METRICS_PORT": str(port), "STATE_DIR": str(tmp_path / f"state-{shards}"),
-                      "AUTOMODEL_TEST_IDENTIFY_SPACING": "1"}
-        logs.append(tmp_path / f"bot-{shards}.log")
-        with logs[-1].open("w") as log_file:
-            bots.append(await asyncio.create_subprocess_exec(
-                sys.executable, str(ROOT / "tests" / "run_bot_against_fake.py"), fake_discord.api_base,
-                str(fake_discord.gateway_url), env=env, cwd=tmp_path, stdout=log_file, stderr=log_file))
-        bots[-1].port = port
+    bots: list[tuple[asyncio.subprocess.Process, int, Path]] = []
     try:
-        for bot, log in zip(bots, logs):
-            await wait_ready(bot.port, bot, log, timeout=120)
+        for shards in ("0-1", "2-3"):
+            port, log = free_port(), tmp_path / f"bot-{shards}.log"
+            env = base | {"DISCORD_TOKEN": TOKEN, "DISCORD_GUILD_ID": str(GUILD_ID), "SHARD_COUNT": "4",
+                          "SHARD_IDS": shards, "METRICS_PORT": str(port), "STATE_DIR": str(tmp_path / f"state-{shards}"),
+                          "AUTOMODEL_TEST_IDENTIFY_SPACING": "1"}
+            with log.open("w") as log_file:
+                bots.append((await asyncio.create_subprocess_exec(
+                    sys.executable, str(ROOT / "tests" / "run_bot_against_fake.py"), fake_discord.api_base,
+                    str(fake_discord.gateway_url), env=env, cwd=tmp_path, stdout=log_file, stderr=log_file), port, log))
+        for process, port, log in bots:
+            await wait_ready(port, process, log, timeout=120)
         identified = [frame["d"]["shard"] for frame in fake_discord.gateway_frames if frame.get("op") == 2]
-        assert sorted(identified) == [[0, 4], [1, 4], [2, 4], [3, 4]]  # each shard once, by one process
+        assert sorted(identified) == [[0, 4], [1, 4], [2, 4], [3, 4]]  # each shard identified once
 
         in_guild = await fake_discord.invoke_slash("sentiment", {"text": "I love this"})
         in_dm = await fake_discord.invoke_slash("sentiment", {"text": "I love this"}, guild=False)
@@ -453,17 +462,19 @@ async def test_two_bot_processes_by_shard_range_share_one_serve_application(clus
         syncs = [r for r in fake_discord.requests if r.route.startswith("PUT /applications/")]
         assert len(syncs) == 1  # by the process that runs shard 0
 
-        for bot in bots:
-            bot.send_signal(signal.SIGTERM)
-        assert [await asyncio.wait_for(bot.wait(), 30) for bot in bots] == [0, 0]
+        for process, _, _ in bots:
+            process.send_signal(signal.SIGTERM)
+        assert [await asyncio.wait_for(process.wait(), 30) for process, _, _ in bots] == [0, 0]
     finally:
-        for bot in bots:
-            if bot.returncode is None:
-                bot.kill()
-                await bot.wait()
-    first, second = (log.read_text() for log in logs)
-    assert "commands are synced by the process that runs shard 0" in second and "connecting in" in second
-    assert "connecting in" not in first
+        for process, _, _ in bots:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    first, second = (log.read_text() for _, _, log in bots)
+    for text, own, other in ((first, (0, 1), (2, 3)), (second, (2, 3), (0, 1))):  # discord.py logs each shard's connection
+        assert all(f"Shard ID {i} has connected" in text for i in own)
+        assert not any(f"Shard ID {i} has connected" in text for i in other)
+    assert "commands are synced by the process that runs shard 0" in second
     assert "Traceback" not in first + second and TOKEN not in first + second
 
 

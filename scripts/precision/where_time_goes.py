@@ -18,6 +18,7 @@ import random
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -50,7 +51,10 @@ async def batch(task: str) -> None:
         executor = await bench.started_executor(task, checkpoint, load_settings({}), fmt)
         backend = executor.backend
         prepared = [backend.prepare(task, TASKS[task].sample.__class__(text)) for text in texts]
-        run = lambda: backend.run(task, prepared, BatchContext(len(prepared)))  # noqa: E731
+
+        def run(backend=backend, prepared=prepared) -> None:
+            backend.run(task, prepared, BatchContext(len(prepared)))
+
         run()
         tokens = sum(len(p.rows[0]["input_ids"]) for p in prepared)
         print(f"{task} {fmt}: batch of {len(prepared)} ({tokens} tokens) {median_time(run, 5) * 1000:.0f} ms")
@@ -65,9 +69,11 @@ def sdpa() -> None:
     for length in (8, 16, 37, 64, 128, 256, 500):
         q, k, v = (torch.randn(1, 12, length, 64) for _ in range(3))
         qb, kb, vb = (x.bfloat16() for x in (q, k, v))
-        sides = (lambda: F.scaled_dot_product_attention(q, k, v),
-                 lambda: F.scaled_dot_product_attention(qb, kb, vb),
-                 lambda: F.scaled_dot_product_attention(qb.float(), kb.float(), vb.float()).bfloat16())
+
+        def upcast(qb=qb, kb=kb, vb=vb) -> torch.Tensor:
+            return F.scaled_dot_product_attention(qb.float(), kb.float(), vb.float()).bfloat16()
+
+        sides = (partial(F.scaled_dot_product_attention, q, k, v), partial(F.scaled_dot_product_attention, qb, kb, vb), upcast)
         with torch.inference_mode():
             for side in sides:
                 median_time(side, 20)  # warm

@@ -538,6 +538,29 @@ async def test_a_process_without_shard_0_connects_its_shards_and_does_not_sync(
     assert not [r for r in fake_discord.requests if r.route.startswith("PUT /applications/")]
 
 
+@pytest.mark.parametrize("env_overrides", [{"SHARD_COUNT": "4", "SHARD_IDS": "0,2"}])
+async def test_each_event_reaches_the_shard_discord_sends_it_to(fake_discord, bot_settings, env_overrides, monkeypatch):
+    """The fake routes as Discord does: the guild's events to shard (guild_id >> 22) % 4 = 2, DMs
+    to shard 0. A dropped shard resumes its own session and gets what was sent to it meanwhile."""
+    async with started_bot(fake_discord, bot_settings) as bot:
+        async def at_once(shard_id, *, initial=False):  # discord.py waits 5 s between a process's shards
+            pass
+
+        monkeypatch.setattr(bot, "before_identify_hook", at_once)
+        await connect(bot)
+        assert sorted(fake_discord.sessions) == [0, 2] and fake_discord.shard_of(GUILD_ID) == 2
+        in_guild = await fake_discord.invoke_slash("ping", {"text": "guild"})
+        in_dm = await fake_discord.invoke_slash("ping", {"text": "dm"}, guild=False)
+        assert (in_guild.shard, in_dm.shard) == (2, 0)
+        assert [(await i.wait_final()).content for i in (in_guild, in_dm)] == ["pong: guild", "pong: dm"]
+
+        await fake_discord.drop_gateway(shard=2, wait_resumed=False)
+        meanwhile = await fake_discord.invoke_slash("ping", {"text": "meanwhile"})
+        await fake_discord.wait_resumed()
+        assert (await meanwhile.wait_final()).content == "pong: meanwhile" and fake_discord.replayed_count >= 1
+        assert fake_discord.sessions[0].ws is not None and fake_discord.identify_count == 2  # shard 0 untouched
+
+
 def test_the_ray_compose_file_runs_a_head_the_models_and_bots_by_shard_range():
     services = yaml.safe_load((ROOT / "docker-compose.ray.yml").read_text())["services"]
     assert set(services) == {"ray-head", "serve", "bot-shards-0-1", "bot-shards-2-3"}

@@ -1,5 +1,6 @@
 """Test-only launcher: the real `automodel-bot run`, in a process of its own, against the loopback
-fake Discord of the calling test (tests/test_ops.py), to test signals and the exit code.
+fake Discord of the calling test, to test signals and the exit code (tests/test_ops.py) and bot
+processes by shard range (tests/test_ray.py).
 
     python tests/run_bot_against_fake.py API_BASE GATEWAY_URL
 

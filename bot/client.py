@@ -124,8 +124,10 @@ class AutoModelBot(commands.Bot):
             await self.sync_commands()
         else:
             log.info("Shards %s: commands are synced by the process that runs shard 0", list(self.settings.shard_ids))
-        wait = identify_delay(self.settings) - (time.monotonic() - started)
-        if wait > 0:  # setup_hook runs before the gateway connection: stagger it here
+        # setup_hook runs before the gateway connection: stagger it here, after the setup, which takes
+        # about as long in every process (PRELOAD, joining Ray), so their IDENTIFYs stay apart.
+        wait = identify_delay(self.settings)
+        if wait > 0:
             log.info("Shards %s: connecting in %.1fs, after the processes with lower shards", list(self.settings.shard_ids), wait)
             await asyncio.sleep(wait)
 

@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -34,6 +35,7 @@ from bot.client import (
     identify_delay,
 )
 from bot.inference.errors import BotError
+from bot.inference.executor import Executor
 from bot.logs import REDACTED, JsonFormatter, configure_logging, hash_user
 from bot.settings import SettingsError, load_settings
 from tests.fake_discord import DEFERRED_CHANNEL_MESSAGE, GUILD_ID, OTHER_USER_ID, TOKEN, USER_ID
@@ -530,11 +532,26 @@ async def test_a_process_without_shard_0_connects_its_shards_and_does_not_sync(
     fake_discord, bot_settings, env_overrides, monkeypatch
 ):
     monkeypatch.setattr(client_module, "IDENTIFY_SPACING", 0.2)  # shard 1 waits one spacing
+    times: dict[str, float] = {}
+    start, identify = Executor.start, fake_discord._identify
+
+    async def slow_start(self):  # a setup longer than the stagger, as PRELOAD or joining Ray can be
+        await asyncio.sleep(0.5)
+        await start(self)
+        times["set up"] = time.monotonic()
+
+    async def timed_identify(ws, data):
+        times["identified"] = time.monotonic()
+        await identify(ws, data)
+
+    monkeypatch.setattr(Executor, "start", slow_start)
+    monkeypatch.setattr(fake_discord, "_identify", timed_identify)
     async with started_bot(fake_discord, bot_settings) as bot:
         await connect(bot)
         assert sorted(bot.shards) == [1] and bot.shard_count == 2
     identifies = [f["d"]["shard"] for f in fake_discord.gateway_frames if f.get("op") == 2]
     assert identifies == [[1, 2]]
+    assert times["identified"] - times["set up"] >= 0.2  # the whole stagger, however long the setup took
     assert not [r for r in fake_discord.requests if r.route.startswith("PUT /applications/")]
 
 

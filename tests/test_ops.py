@@ -407,26 +407,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_env(**settings: str) -> dict[str, str]:
+    """A subprocess's environment: every bot setting explicit (empty = default, so a developer's
+    .env cannot change the run), none of this process's RAY_* variables, then `settings`."""
+    env = {k: v for k, v in os.environ.items() if k not in setting_names() and not k.startswith("RAY_")}
+    return env | {name: "" for name in setting_names()} | {"HF_HUB_OFFLINE": "1"} | settings
+
+
+async def bot_process(fake_discord, env: dict[str, str], cwd: Path, output) -> asyncio.subprocess.Process:
+    """The real `automodel-bot run` in a process of its own, against the test's fake Discord."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "tests" / "run_bot_against_fake.py"), fake_discord.api_base,
+        str(fake_discord.gateway_url), env=env, cwd=cwd, stdout=output, stderr=asyncio.subprocess.STDOUT)
+
+
 async def test_sigterm_drains_tells_queued_users_and_exits_0(fake_discord, tiny_env, tmp_path):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in setting_names()}
-    # Every setting explicit (empty = default), so a developer's .env cannot change the run.
-    env |= {name: "" for name in setting_names()} | tiny_env | {
+    env = process_env(**tiny_env | {
         "DISCORD_TOKEN": TOKEN,
         "DISCORD_GUILD_ID": str(GUILD_ID),
         "STATE_DIR": str(tmp_path / "state"),
         "USER_COOLDOWN": "0",
         "MAX_BATCH_SIZE": "1",  # one running, the others queued behind it
         "METRICS_PORT": str(port),
-        "HF_HUB_OFFLINE": "1",
         "AUTOMODEL_TEST_GATE": str(tmp_path),
-    }
+    })
     log_path = tmp_path / "bot.log"
     with log_path.open("w") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, str(ROOT / "tests" / "run_bot_against_fake.py"), fake_discord.api_base,
-            str(fake_discord.gateway_url), env=env, cwd=tmp_path, stdout=log_file, stderr=log_file,
-        )
+        process = await bot_process(fake_discord, env, tmp_path, log_file)
     try:
         await wait_ready(port, process, log_path)
         users = [USER_ID + n for n in range(4)]

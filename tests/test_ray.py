@@ -45,7 +45,7 @@ from tests.answers import difference, first_requests, run
 from tests.fake_discord import GUILD_ID, TOKEN, USER_ID
 from tests.test_code_button import press, script_of
 from tests.test_cogs import _every_sent_message_is_safe, final, slash  # noqa: F401
-from tests.test_ops import ROOT, free_port, setting_names, wait_ready
+from tests.test_ops import bot_process, free_port, process_env, wait_ready
 
 ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
@@ -399,6 +399,16 @@ async def test_the_bot_answers_and_describes_replicas_on_ray(cluster, fake_disco
     assert "replicas" in status.embeds[0]["description"]
 
 
+async def output_of(process: asyncio.subprocess.Process, timeout: float) -> str:
+    """What the process printed by the time it exited; killed, whatever happens, if it has not."""
+    try:
+        return (await asyncio.wait_for(process.communicate(), timeout))[0].decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
 # -- the compose profile's shape: `serve`, then two bot processes by shard range ------------------------
 
 
@@ -409,18 +419,11 @@ async def test_two_bot_processes_by_shard_range_share_one_serve_application(clus
     to shard 2 and DMs to shard 0, as Discord would, so each process answers its own users, from
     the same replicas; only the process with shard 0 syncs commands."""
     address = ray.get_runtime_context().gcs_address
-    base = {k: v for k, v in os.environ.items() if k not in setting_names() and not k.startswith("RAY_")}
-    base |= {name: "" for name in setting_names()} | ray_env | {  # every setting explicit: no developer .env
-        "RAY_ADDRESS": address, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    base = process_env(**ray_env | {"RAY_ADDRESS": address, "RAY_AUTH_MODE": "disabled"})
     served = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot.cli", "serve", "--timeout", "120", env=base, cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
-        printed = (await asyncio.wait_for(served.communicate(), 180))[0].decode()
-    finally:
-        if served.returncode is None:
-            served.kill()
-            await served.wait()
+    printed = await output_of(served, 180)
     assert served.returncode == 0, printed
     landed = [line.split() for line in printed.splitlines() if line.split()[:1] in (["sentiment"], ["ner"])]
     assert {row[0] for row in landed} == {"ner", "sentiment"} and all(row[3] == "cpu" for row in landed)
@@ -438,9 +441,7 @@ async def test_two_bot_processes_by_shard_range_share_one_serve_application(clus
                           "SHARD_IDS": shards, "METRICS_PORT": str(port), "STATE_DIR": str(tmp_path / f"state-{shards}"),
                           "AUTOMODEL_TEST_IDENTIFY_SPACING": "1"}
             with log.open("w") as log_file:
-                bots.append((await asyncio.create_subprocess_exec(
-                    sys.executable, str(ROOT / "tests" / "run_bot_against_fake.py"), fake_discord.api_base,
-                    str(fake_discord.gateway_url), env=env, cwd=tmp_path, stdout=log_file, stderr=log_file), port, log))
+                bots.append((await bot_process(fake_discord, env, tmp_path, log_file), port, log))
         for process, port, log in bots:
             await wait_ready(port, process, log, timeout=120)
         identified = [frame["d"]["shard"] for frame in fake_discord.gateway_frames if frame.get("op") == 2]
@@ -497,6 +498,24 @@ def test_serve_on_an_unreachable_cluster_ends_in_one_line():
 def test_serve_without_a_cluster_address_says_what_to_do():
     done = cli({}, "serve")
     assert done.returncode == 2 and "RAY_ADDRESS is empty" in done.stderr and "ray start --head" in done.stderr
+
+
+def test_a_model_nobody_deployed_says_to_run_serve(cluster):
+    with pytest.raises(ModelUnavailable) as refused:
+        ray_serve.wait_running(["automodel-bot-test.never-deployed"], timeout=1)
+    assert "not deployed after 1s" in refused.value.detail and "`automodel-bot serve`" in refused.value.detail
+
+
+async def test_run_on_an_unreachable_cluster_ends_in_one_line(fake_discord, tmp_path):
+    """`automodel-bot run` with INFERENCE=ray, against the fake Discord: the cluster is joined
+    in setup_hook, and an unreachable one ends start-up with one line and exit 3."""
+    env = process_env(DISCORD_TOKEN=TOKEN, INFERENCE="ray", RAY_ADDRESS="127.0.0.1:1", STATE_DIR=str(tmp_path / "state"))
+    process = await bot_process(fake_discord, env, tmp_path, asyncio.subprocess.PIPE)
+    printed = await output_of(process, 120)
+    assert process.returncode == 3, printed
+    [line] = [line for line in printed.splitlines() if line.startswith("automodel-bot:")]
+    assert "Could not connect to RAY_ADDRESS=127.0.0.1:1" in line and "Traceback" not in printed
+    assert not [f for f in fake_discord.gateway_frames if f.get("op") == 2]  # never connected to the gateway
 
 
 def test_a_replica_the_cluster_cannot_place_is_one_clear_error(cluster, ray_settings):

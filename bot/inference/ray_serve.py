@@ -361,6 +361,12 @@ def wait_running(names: list[str], timeout: float) -> None:
             return
         if time.monotonic() > ends:
             name, app = pending[0]
+            if app is None:  # nothing deployed under that name: bots started before (or without) `serve`
+                raise ModelUnavailable(
+                    "A model is not deployed on the cluster.",
+                    detail=f"{name} is not deployed after {timeout:.0f}s. `automodel-bot serve` deploys the models "
+                    "(with the same MODEL_* settings as the bot): run it, or let it finish, then start the bot again.",
+                )
             states = {d: dict(s.replica_states) for d, s in app.deployments.items()} if app else {}
             raise ModelUnavailable(
                 "A model could not be placed on the cluster.",

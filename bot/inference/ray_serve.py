@@ -367,7 +367,7 @@ def wait_running(names: list[str], timeout: float) -> None:
                     detail=f"{name} is not deployed after {timeout:.0f}s. `automodel-bot serve` deploys the models "
                     "(with the same MODEL_* settings as the bot): run it, or let it finish, then start the bot again.",
                 )
-            states = {d: dict(s.replica_states) for d, s in app.deployments.items()} if app else {}
+            states = {d: dict(s.replica_states) for d, s in app.deployments.items()}
             raise ModelUnavailable(
                 "A model could not be placed on the cluster.",
                 detail=f"{name} is not running after {timeout:.0f}s (replicas: {states}). The cluster may lack the "

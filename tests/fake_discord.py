@@ -403,6 +403,7 @@ class GatewaySession:
     ws: web.WebSocketResponse | None
     seq: int = 0
     log: list[dict[str, Any]] = field(default_factory=list)
+    resumes: int = 0
 
 
 class FakeDiscord:
@@ -561,12 +562,12 @@ class FakeDiscord:
         session = self.sessions.get(shard)
         ws = session.ws if session else None
         assert ws is not None, f"no identified gateway connection of shard {shard} to drop"
-        resumes = self.resume_count
+        resumes = session.resumes
         async with self._send_lock:  # no dispatch may be half-sent on the old socket
             session.ws = None
         await ws.close(code=code)
-        if wait_resumed:
-            await self.wait_resumed(resumes + 1, timeout)
+        if wait_resumed:  # this shard's RESUME, not another's
+            await self.wait_for(lambda: session.resumes > resumes, timeout, f"RESUME of shard {shard}")
 
     async def wait_resumed(self, count: int = 1, timeout: float = 5.0) -> None:
         await self.wait_for(lambda: self.resume_count >= count, timeout, f"RESUME number {count}")
@@ -823,6 +824,7 @@ class FakeDiscord:
             session.log.append(resumed)
             await ws.send_str(json.dumps(resumed))
             session.ws = ws
+            session.resumes += 1
         self.resume_count += 1
 
     def _guild_json(self) -> dict[str, Any]:

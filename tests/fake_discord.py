@@ -5,8 +5,9 @@ The fixtures point the unmodified discord.py at an aiohttp server on 127.0.0.1 b
 The fake plays one guild with one text channel, records every REST call, and lets a test act as a
 user (slash commands, message context menus, button clicks) and inject faults (429, 5xx, dropped
 gateway, expired interaction tokens). It takes one gateway session per shard, from one process or
-several, and sends each event where Discord would: the guild's to shard (guild_id >> 22) %
-shard_count, DMs to shard 0. A test:
+several, and sends each event where Discord would: one with a guild_id to shard (guild_id >> 22) %
+shard_count, one without (DMs) to shard 0; a guild's own GUILD_* events pass their shard to
+`dispatch`. A test:
 
     async def test_ping(fake_discord, discord_bot):
         interaction = await fake_discord.invoke_slash("ping", {"text": "hi"})
@@ -395,10 +396,9 @@ def route(method: str, pattern: str, *, auth: bool = True) -> Callable:
 
 @dataclass
 class GatewaySession:
-    """One shard's identified gateway session: its live connection (None while dropped), and the
-    dispatches sent on it, numbered, for RESUME to replay."""
+    """One shard's identified gateway session (FakeDiscord.sessions holds them by shard): its live
+    connection (None while dropped), and the dispatches sent on it, numbered, for RESUME to replay."""
 
-    shard: int
     id: str
     ws: web.WebSocketResponse | None
     seq: int = 0
@@ -740,8 +740,7 @@ class FakeDiscord:
         DMs), or queue it for RESUME while that shard is disconnected. Returns the shard, or None
         when no session of that shard was ever identified (the event is lost, as on Discord)."""
         if shard is None:
-            guild_id = data.get("guild_id") or (data.get("id") if event.startswith("GUILD_") else None)
-            shard = self.shard_of(int(guild_id)) if guild_id else 0
+            shard = self.shard_of(int(data["guild_id"])) if data.get("guild_id") else 0
         async with self._send_lock:
             session = self.sessions.get(shard)
             if session is None:
@@ -791,7 +790,7 @@ class FakeDiscord:
             return
         self.identify_count += 1
         shard, self.shard_count = data.get("shard") or (0, 1)
-        session = GatewaySession(shard, f"fake-session-{self.identify_count}", ws)
+        session = GatewaySession(f"fake-session-{self.identify_count}", ws)
         async with self._send_lock:
             self.sessions[shard] = session  # a new session: the shard's old one cannot be resumed
         ours = self.shard_of(GUILD_ID) == shard

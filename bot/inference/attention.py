@@ -207,8 +207,7 @@ def use_rowwise(model: Any) -> bool:
 
 
 def _use_causal(model: Any) -> bool:
-    half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
-    if not half or getattr(model.config, "model_type", None) not in DECODERS \
+    if not half_precision(model) or getattr(model.config, "model_type", None) not in DECODERS \
             or getattr(model.config, "add_cross_attention", False) or not _switch(model, ROWWISE_CAUSAL):
         return False
     from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
@@ -226,6 +225,11 @@ def _switch(model: Any, implementation: str) -> bool:
     except (ValueError, TypeError, AttributeError):
         return False
     return True
+
+
+def half_precision(model: Any) -> bool:
+    """Whether the model's weights are float16 or bfloat16, where padding and one-row products round differently."""
+    return next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
 
 
 def rowwise(model: Any) -> bool:

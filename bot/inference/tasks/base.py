@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from bot.inference.attention import rows_alone
+from bot.inference.attention import half_precision, rows_alone
 from bot.inference.errors import InputError, InputTooLong
 
 if TYPE_CHECKING:
@@ -172,8 +172,7 @@ def pad_multiple(model: Any, side: str = "right") -> int:
     (attention.py: padding then changes nothing); 1 in fp32, where rounding the width up is only extra work (6-13 %
     on a short text alone, BENCHMARKS.md "One client, paired") and answers do not depend on the
     padding (to well within the invariance tests' tolerance)."""
-    half = next(model.parameters()).dtype in (torch.float16, torch.bfloat16)
-    return PAD_MULTIPLE if half and not rows_alone(model, side) else 1
+    return PAD_MULTIPLE if half_precision(model) and not rows_alone(model, side) else 1
 
 
 def pad_rows(

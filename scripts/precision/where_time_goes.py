@@ -28,9 +28,9 @@ from bot import bench
 from bot.inference.tasks import TASKS
 from bot.inference.tasks.base import BatchContext
 from bot.settings import load_settings
+from bot.synthetic import build_checkpoints
 
-MODELS = Path.home() / ".cache/automodel-bot/bench-models"  # built by `automodel-bot bench --size real`
-CHECKPOINTS = {"sentiment": "real-distilbert-sst2", "embed": "real-bert-uncased"}
+MODELS = Path.home() / ".cache/automodel-bot/bench-models"  # where `automodel-bot bench --size real` builds them
 
 
 def median_time(call, repeats: int) -> float:
@@ -43,7 +43,7 @@ def median_time(call, repeats: int) -> float:
 
 
 async def batch(task: str) -> None:
-    checkpoint = MODELS / CHECKPOINTS[task]
+    checkpoint = build_checkpoints(MODELS, "real")[task]
     naive = bench.Naive(task, checkpoint)
     texts = bench.heavy_tailed_texts(64, naive.tokenizer, 512 - 24, random.Random(0))[:32]
     del naive

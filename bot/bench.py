@@ -523,10 +523,12 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
 
     sides = {"local": lambda r: on(local, r), "ray": lambda r: on(remote, r)}
     await sides["ray"](requests[0])
-    runs = [
-        await measure_sides(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), 0.0)
-        for clients in [int(c) for c in args.concurrency.split(",")]
-    ]
+    runs, per_call = [], []
+    for clients in [int(c) for c in args.concurrency.split(",")]:
+        calls = remote.calls[task]
+        runs.append(await measure_sides(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), 0.0))
+        sent = 2 * len(requests)  # measure_sides runs each side twice
+        per_call.append(f"{clients} client(s) {sent / max(1, remote.calls[task] - calls):.1f}")
     times = await paired_times(sides, requests, 100)
     differences = sorted(there - here for here, there in zip(times["local"], times["ray"]))
     paired = differences[len(differences) // 2], differences[int(len(differences) * 0.9)]
@@ -554,7 +556,7 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
             f"{_ms(here.quantile(0.5))} / {_ms(here.quantile(0.99))} | {_ms(there.quantile(0.5))} / {_ms(there.quantile(0.99))} | "
             f"{overhead[0] * 1000:+.1f} / {overhead[1] * 1000:+.1f} |"
         )
-    return rows, {"paired": paired,
+    return rows, {"paired": paired, "per_call": per_call,
                   "pings": {way: (_ms(sorted(p)[len(p) // 2], 1), _ms(sorted(p)[int(len(p) * 0.99)], 1))
                             for way, p in pings.items()}}
 
@@ -598,6 +600,8 @@ async def bench_on_ray(args, settings, tasks, checkpoints, rng) -> list[str]:
                 p50, p90 = extra["paired"]
                 notes.append(f"- {task}: paired overhead (ray - local on the same request, 100 pairs, one client): "
                              f"median {p50 * 1000:+.1f} ms, p90 {p90 * 1000:+.1f} ms")
+                notes.append(f"- {task}: requests per call (those of one loop turn share one): "
+                             + ", ".join(extra["per_call"]))
                 notes.append(f"- {task}: handle round trip of a call that does no work, p50 / p99 ms: "
                              + "; ".join(f"{way} {p50} / {p99}" for way, (p50, p99) in extra["pings"].items()))
     finally:

@@ -210,11 +210,53 @@ async def test_generate_streams_and_cancel_stops_the_row_on_the_replica(executor
         await asyncio.wait_for(executor.wait(job), 10)
     await asyncio.wait_for(asyncio.gather(*companions), 120)
 
-    def replica_cancelled() -> int:
-        return sum(count for r in executor.replicas for (task, outcome), count in r["outcomes"]
-                   if task == "generate" and outcome == "Cancelled")
+    await wait_until(lambda: replica_outcomes(executor, "generate", "Cancelled") >= 1,
+                     "the replica's executor to count the cancel", timeout=15)
 
-    await wait_until(lambda: replica_cancelled() >= 1, "the replica's executor to count the cancel", timeout=15)
+
+def replica_outcomes(executor: RayExecutor, task: str, outcome: str) -> int:
+    """How many of the task's jobs ended so in the replicas' executors, as last told to the board."""
+    return sum(count for r in executor.replicas for (t, o), count in r["outcomes"] if t == task and o == outcome)
+
+
+async def test_requests_arriving_together_share_a_call(executor, local_backend):
+    """A burst of one task travels in calls of a quarter of a replica's queue (QUEUE // 4 = 2
+    here), each answer still its own text's answer alone; a streamed request has a call of its own.
+    (A burst of more than QUEUE may be refused: Serve's router can send every call of a loop turn
+    to one replica, as it could the single calls before.)"""
+    requests = [SentimentRequest(f"{word} film, {n} stars") for n, word in enumerate(["great", "awful"] * (QUEUE // 2))]
+    calls = executor.calls["sentiment"]
+    answers = await asyncio.wait_for(asyncio.gather(
+        *(executor.submit("sentiment", request, user_id=i) for i, request in enumerate(requests))), 60)
+    assert executor.calls["sentiment"] - calls == QUEUE // 2  # 2 a call
+    for request, answer in zip(requests, answers):
+        assert difference(run(local_backend, "sentiment", [request])[0], answer) is None, request
+    calls = executor.calls["generate"]
+    prompt = GenerateRequest("Alone", max_new_tokens=3, seed=1)
+    await asyncio.wait_for(asyncio.gather(executor.submit("generate", prompt, user_id=1, on_progress=lambda _: None),
+                                          executor.submit("generate", prompt, user_id=2)), 60)
+    assert executor.calls["generate"] - calls == 2
+
+
+async def test_cancel_in_a_shared_call_stops_the_call_and_sends_the_others_again(executor):
+    """The replica stops a call whole, so Cancel on one request of a shared call stops both rows on
+    the replica and sends the other again: it still gets its own answer, once."""
+    slow = GenerateRequest("Sharing a call", max_new_tokens=200, seed=6)
+    expected = await asyncio.wait_for(executor.submit("generate", slow), 120)
+    await executor.refresh()
+    cancelled, calls = replica_outcomes(executor, "generate", "Cancelled"), executor.calls["generate"]
+    jobs = await asyncio.wait_for(asyncio.gather(*(executor.enqueue("generate", dataclasses.replace(slow, seed=seed),
+                                                                    user_id=seed) for seed in (7, 6))), 30)
+    assert executor.calls["generate"] - calls == 1 and jobs[0].call is jobs[1].call
+    await wait_until(lambda: jobs[0].started_at, "the batch to start")
+    executor.cancel(jobs[0].id)
+    with pytest.raises(Cancelled):
+        await asyncio.wait_for(executor.wait(jobs[0]), 10)
+    assert executor.calls["generate"] - calls == 2  # the other, sent again
+    assert (await asyncio.wait_for(executor.wait(jobs[1]), 120)) == expected
+    await wait_until(lambda: replica_outcomes(executor, "generate", "Cancelled") >= cancelled + 2,
+                     "the replica to stop both rows of the call", timeout=15)
+    assert executor._jobs == {}
 
 
 async def test_an_expired_deadline_is_reported_not_computed(executor):

@@ -1,14 +1,20 @@
 """INFERENCE=ray, the bot side: `RayExecutor` has the Executor's API (enqueue, wait, cancel,
-position, snapshot, shutdown), so the cogs do not know where models run. Each request is one
-streaming call to its model group's Serve deployment (bot/inference/ray_serve.py), over the
-replicas' gRPC servers (once more as a Ray actor call if its replica says nothing); batching,
-fairness and deadlines happen in the replica, next to the weights.
+position, snapshot, shutdown), so the cogs do not know where models run. Requests go to their
+model group's Serve deployment (bot/inference/ray_serve.py) as streaming calls, over the replicas'
+gRPC servers (once more as a Ray actor call if its replica says nothing); batching, fairness and
+deadlines happen in the replica, next to the weights.
+
+A call carries the requests of one task that arrive in the same turn of the event loop (a call
+costs about 2 ms of CPU; a burst of 32 would otherwise cost the replica's worker the time the 32
+calls take to arrive), at most a quarter of a replica's queue, so a burst still spreads over the
+replicas. A streamed /generate request always has a call of its own.
 
 Here: the per-user cap and the total in flight (a user's requests may land on different
 replicas), the place-in-line and streamed text the replica reports, Cancel as
-`response.cancel()` (which stops the work on the replica), and every failure of the cluster
-(a dead replica, a full Serve queue, an unreachable cluster) turned into one of our typed errors.
-Every accepted job ends exactly once, as with the local executor.
+`response.cancel()` (which stops the work on the replica; a call stops whole, so the other
+requests of a cancelled one's call are sent again), and every failure of the cluster (a dead
+replica, a full Serve queue, an unreachable cluster) turned into one of our typed errors. Every
+accepted job ends exactly once, as with the local executor.
 """
 
 from __future__ import annotations
@@ -43,18 +49,35 @@ log = logging.getLogger(__name__)
 BOARD_REFRESH = 1.0  # seconds between reads of the replicas' board (for /status, /models, ETA)
 DEADLINE_SLACK = 10.0  # seconds past a request's deadline before the bot stops waiting for its replica
 FIRST_EVENT_WAIT = 10.0  # seconds for a replica to say "queued" (it does in milliseconds) before the call is resent
+CALL_SHARE = 4  # a call carries at most 1/CALL_SHARE of a replica's queue (QUEUE_SIZE_PER_MODEL)
 
 
 @dataclass(eq=False)
 class RemoteJob(Job):
     """A request running on a replica, as the bot sees it: the local Job's fields (the cogs and logs
     read them; `prepared` only carries the token count the replica reports), plus its place in
-    the replica's line and the Serve call. started_at is set once the replica reports it running."""
+    the replica's line and the call carrying it. started_at is set once the replica reports it running."""
 
     place: int = 0
     eta: float = 0.0
+    request: Any = None  # kept until the job ends: a call stopped for another's Cancel sends it again
+    call: Call | None = None  # None while it waits for this loop turn's send, and once it ended
+    accepted: asyncio.Future | None = None  # the replica's first word: None ("queued"), or its refusal
+    expiry: asyncio.TimerHandle | None = None  # the deadline, plus slack, for a replica that hangs
+
+
+@dataclass(eq=False)
+class Call:
+    """One streaming Serve call and the jobs it carries (index in the call → job). A job rides the
+    call while `job.call is` it; a call nobody rides any longer is cancelled."""
+
+    task: str
+    jobs: list[RemoteJob]
     response: Any = None  # the Serve DeploymentResponseGenerator
-    consumer: asyncio.Task | None = None
+    reader: asyncio.Task | None = None
+
+    def riders(self) -> list[RemoteJob]:
+        return [job for job in self.jobs if job.call is self]
 
 
 class RayBackend:
@@ -140,7 +163,9 @@ class RayExecutor(JobTable):
         self.replicas: list[dict[str, Any]] = []  # the board's latest, refreshed every BOARD_REFRESH
         self._handles: dict[str, Any] = {}  # task → DeploymentHandle calling over the replicas' gRPC servers
         self._actor_handles: dict[str, Any] = {}  # task → the same handle calling as Ray actor calls
-        self.resent: Counter[str] = Counter()  # per task: calls resent as actor calls (see enqueue)
+        self.resent: Counter[str] = Counter()  # per task: calls resent as actor calls (see _read)
+        self.calls: Counter[str] = Counter()  # per task: calls made (a call carries one request or more)
+        self._unsent: dict[str, list[RemoteJob]] = {}  # per task: jobs of this loop turn, sent together
         self._stopping = False
         self._board = None
         self._refresher: asyncio.Task | None = None
@@ -177,9 +202,8 @@ class RayExecutor(JobTable):
         pending = [job.future for job in self._jobs.values()]
         if pending:
             await asyncio.wait(pending, timeout=grace)
-        for job in list(self._jobs.values()):
-            self._cancel_remote(job)
-            self._finish(job, error=ShuttingDown("The bot is restarting; your request was not run. Try again shortly."))
+        for job in list(self._jobs.values()):  # each call is cancelled as its last job leaves it
+            self._end(job, error=ShuttingDown("The bot is restarting; your request was not run. Try again shortly."))
         if self._refresher is not None:
             self._refresher.cancel()
         for handle in self._actor_handles.values():  # their routers run on this loop: stop them here
@@ -209,53 +233,126 @@ class RayExecutor(JobTable):
         now = time.monotonic()
         seconds = timeout or self.settings.request_timeout
         job = RemoteJob(next(self._ids), task, user_id, SimpleNamespace(cost=None), loop.create_future(), now,
-                        now + seconds, on_progress)
+                        now + seconds, on_progress, request=request, accepted=loop.create_future())
         self._track(job)
-        limit = seconds + DEADLINE_SLACK  # bounded like the rest of the request: a replica may hang
+        # Bounded like the rest of the request: the replica enforces the deadline; a replica may hang.
+        job.expiry = loop.call_later(seconds + DEADLINE_SLACK, self._expire, job)
+        unsent = self._unsent.setdefault(task, [])
+        if not unsent:
+            loop.call_soon(self._send_unsent, task)
+        unsent.append(job)
         try:
-            job.response = self._call(self._handles, job, request)
-            try:
-                first = await asyncio.wait_for(job.response.__anext__(), min(FIRST_EVENT_WAIT, limit))
-            except asyncio.TimeoutError:
-                if limit <= FIRST_EVENT_WAIT or job.deadline <= time.monotonic():
-                    raise
-                # Over gRPC a replica that just died reads as "unavailable", and Serve's router may keep
-                # the request on it until the deadline. A Ray actor call fails at once on a dead
-                # replica (the router then drops it) and reaches a live one like any call.
-                cancel_call(job.response)
-                self.resent[task] += 1
-                log.warning("%s request %d: no word from its replica in %g s; resent as an actor call",
-                            task, job.id, FIRST_EVENT_WAIT)
-                job.response = self._call(self._actor_handles, job, request)
-                first = await asyncio.wait_for(job.response.__anext__(), job.deadline - time.monotonic() + DEADLINE_SLACK)
+            await job.accepted
         except asyncio.CancelledError:  # whoever enqueued is gone: so is the request
+            self._leave(job)
             self._forget(job)
-            self._cancel_remote(job)
+            job.expiry.cancel()
             raise
-        except Exception as err:
-            self._forget(job)
-            self._cancel_remote(job)
-            error = _cluster_error(err, job)
+        except BotError as error:
             self.refused[(task, type(error).__name__)] += 1
-            raise error from err
-        if first[0] == "error":
-            self._forget(job)
-            error = from_wire(first[1])
-            self.refused[(task, type(error).__name__)] += 1
-            raise error
-        self._apply(job, first)
-        job.consumer = asyncio.ensure_future(self._consume(job))
+            raise
         return job
 
-    def _call(self, handles: dict[str, Any], job: RemoteJob, request: Any) -> Any:
-        """One streaming call of the job to its model group; the replica is told the seconds left."""
-        return handles[job.task].options(stream=True).run.remote(job.task, request, job.user_id,
-                                                                  max(0.001, job.deadline - time.monotonic()))
+    def _send_unsent(self, task: str) -> None:
+        self._send(task, self._unsent.pop(task, []))
+
+    def _send(self, task: str, jobs: list[RemoteJob]) -> None:
+        """Send jobs of a task in as few calls as the rules allow (see the module's doc)."""
+        size = max(1, self.settings.queue_size_per_model // CALL_SHARE)
+        shared = [job for job in jobs if job.on_progress is None]
+        groups = [[job] for job in jobs if job.on_progress is not None]  # a streamed request is never stopped for another's Cancel
+        groups += [shared[i:i + size] for i in range(0, len(shared), size)]
+        for group in groups:
+            call = Call(task, group)
+            for job in group:
+                job.call = call
+            self.calls[task] += 1
+            call.reader = asyncio.ensure_future(self._read(call))
+
+    def _call(self, handles: dict[str, Any], call: Call) -> Any:
+        """One streaming call of the jobs to their model group; the replica is told the seconds left of each."""
+        now = time.monotonic()
+        requests = [(job.request, job.user_id, max(0.001, job.deadline - now)) for job in call.jobs]
+        return handles[call.task].options(stream=True).run.remote(call.task, requests)
+
+    async def _read(self, call: Call) -> None:
+        """Send the call and apply what its replica reports, until no job rides it."""
+        try:
+            call.response = self._call(self._handles, call)
+            try:
+                first = await asyncio.wait_for(call.response.__anext__(), FIRST_EVENT_WAIT)
+            except asyncio.TimeoutError:
+                # Over gRPC a replica that just died reads as "unavailable", and Serve's router may keep
+                # the call on it until the deadline. A Ray actor call fails at once on a dead replica
+                # (the router then drops it) and reaches a live one like any call.
+                cancel_call(call.response)
+                self.resent[call.task] += 1
+                log.warning("%s call of %d request(s): no word from its replica in %g s; resent as an actor call",
+                            call.task, len(call.riders()), FIRST_EVENT_WAIT)
+                call.jobs = call.riders()
+                call.response = self._call(self._actor_handles, call)
+                first = await call.response.__anext__()  # bounded by each job's expiry
+            self._apply(call, first)
+            if not call.riders():
+                return
+            async for message in call.response:
+                self._apply(call, message)
+                if not call.riders():
+                    return
+            for job in call.riders():
+                self._end(job, error=InferenceFailed(f"The model server ended your request without an answer "
+                                                     f"(error id {job.id}). Try again."))
+        except asyncio.CancelledError:  # cancelled by _close: its jobs were ended or moved
+            return
+        except BaseException as err:  # the replica died, the cluster went away, …
+            for job in call.riders():
+                log.warning("%s request %d failed on the cluster: %s", job.task, job.id, type(err).__name__)
+                self._end(job, error=_cluster_error(err, job))
 
     def _stop(self, job: RemoteJob) -> None:
         """Stop the request on its replica (the replica's executor drops or stops it) and end it."""
-        self._cancel_remote(job)
-        self._finish(job, error=Cancelled(partial=job.partial))
+        self._leave(job)
+        self._end(job, error=Cancelled(partial=job.partial))
+
+    def _leave(self, job: RemoteJob) -> None:
+        """Take the job off its call, and so off its replica: a call stops whole, so a call that others
+        still ride is stopped and they are sent again (none of them streams: see _send)."""
+        call = job.call
+        if call is None:
+            self._unsend(job)
+            return
+        job.call = None
+        others = call.riders()
+        self._close(call)
+        if others:
+            self._send(call.task, others)
+
+    def _end(self, job: RemoteJob, result: Any = None, error: BaseException | None = None) -> None:
+        """End a job once: an accepted one with its result or error, one not yet accepted with the
+        error its enqueue raises. A call nobody rides any longer is closed."""
+        if job.expiry is not None:
+            job.expiry.cancel()
+        job.request = None
+        call, job.call = job.call, None
+        if call is None:
+            self._unsend(job)
+        elif not call.riders() and call.reader is not asyncio.current_task():
+            self._close(call)
+        if job.accepted.done():
+            self._settle(job, result, error)
+        else:
+            self._forget(job)
+            job.accepted.set_exception(error)
+
+    def _unsend(self, job: RemoteJob) -> None:
+        if job in self._unsent.get(job.task, ()):
+            self._unsent[job.task].remove(job)
+
+    def _expire(self, job: RemoteJob) -> None:
+        if job.accepted.done():
+            self._end(job, error=DeadlineExceeded("Your request ran past its time limit and was stopped."))
+        else:
+            self._end(job, error=_cluster_error(asyncio.TimeoutError(), job))
 
     def download_progress(self, task: str) -> tuple[str, int, int] | None:
         """Replicas download in their own processes (progress in their logs): nothing to show here."""
@@ -280,7 +377,8 @@ class RayExecutor(JobTable):
                 "latency_p99": max((lane["latency_p99"] for lane in own), default=0.0),
                 "replicas": len(own),
             }
-        return {**self._snapshot(lanes), "replicas": self.replicas, "resent": dict(self.resent)}
+        return {**self._snapshot(lanes), "replicas": self.replicas, "resent": dict(self.resent),
+                "calls": dict(self.calls)}
 
     async def refresh(self) -> None:
         """Read the board now (the background refresh does it every BOARD_REFRESH seconds)."""
@@ -295,62 +393,41 @@ class RayExecutor(JobTable):
             raise QueueFull(f"The bot is busy ({len(self._jobs)} requests in progress). Try again soon.")
         self._check_user(user_id)
 
-    async def _consume(self, job: RemoteJob) -> None:
-        try:
-            # The replica enforces the deadline; this bounds a replica that hangs instead of dying.
-            await asyncio.wait_for(self._events(job), max(0.0, job.deadline - time.monotonic()) + DEADLINE_SLACK)
-        except asyncio.TimeoutError:
-            cancel_call(job.response)
-            self._finish(job, error=DeadlineExceeded("Your request ran past its time limit and was stopped."))
+    def _apply(self, call: Call, message: list[tuple]) -> None:
+        for index, kind, *fields in message:
+            job = call.jobs[index]
+            if job.call is not call:  # ended, or moved to another call
+                continue
+            if kind in ("queued", "position"):
+                job.place, job.eta = int(fields[0]), float(fields[1])
+                if job.place == 0 and job.started_at is None:
+                    job.started_at = time.monotonic()
+                if not job.accepted.done():
+                    job.accepted.set_result(None)
+            elif kind == "progress":
+                job.partial = fields[0]
+                job.place = 0
+                job.started_at = job.started_at or time.monotonic()
+                if job.on_progress is not None and not job.future.done():
+                    try:
+                        job.on_progress(fields[0])
+                    except Exception:
+                        log.exception("Progress callback of job %d failed", job.id)
+            elif kind == "result":
+                result, info = fields
+                if job.started_at is None and info.get("compute") is not None:  # for logs and metrics
+                    job.started_at = time.monotonic() - info["compute"]
+                job.batch_size = info.get("batch_size", 0)
+                job.prepared = SimpleNamespace(cost=info.get("tokens"))
+                self._end(job, result=result)
+            elif kind == "error":
+                self._end(job, error=from_wire(fields[0]))
 
-    async def _events(self, job: RemoteJob) -> None:
-        try:
-            async for event in job.response:
-                self._apply(job, event)
-                if job.future.done():
-                    return
-            if not job.future.done():
-                self._finish(job, error=InferenceFailed(f"The model server ended your request without an answer "
-                                                        f"(error id {job.id}). Try again."))
-        except asyncio.CancelledError:
-            return
-        except BaseException as err:  # the replica died, the cluster went away, …
-            if not job.future.done():
-                log.warning("%s request %d failed on the cluster: %s", job.task, job.id, type(err).__name__)
-                self._finish(job, error=_cluster_error(err, job))
-
-    def _apply(self, job: RemoteJob, event: tuple) -> None:
-        kind = event[0]
-        if kind in ("queued", "position"):
-            job.place, job.eta = int(event[1]), float(event[2])
-            if job.place == 0 and job.started_at is None:
-                job.started_at = time.monotonic()
-        elif kind == "progress":
-            job.partial = event[1]
-            job.place = 0
-            job.started_at = job.started_at or time.monotonic()
-            if job.on_progress is not None and not job.future.done():
-                try:
-                    job.on_progress(event[1])
-                except Exception:
-                    log.exception("Progress callback of job %d failed", job.id)
-        elif kind == "result":
-            info = event[2]
-            if job.started_at is None and info.get("compute") is not None:  # for logs and metrics
-                job.started_at = time.monotonic() - info["compute"]
-            job.batch_size = info.get("batch_size", 0)
-            job.prepared = SimpleNamespace(cost=info.get("tokens"))
-            self._finish(job, result=event[1])
-        elif kind == "error":
-            self._finish(job, error=from_wire(event[1]))
-
-    def _finish(self, job: RemoteJob, result: Any = None, error: BaseException | None = None) -> None:
-        self._settle(job, result, error)
-
-    def _cancel_remote(self, job: RemoteJob) -> None:
-        if job.consumer is not None:
-            job.consumer.cancel()
-        cancel_call(job.response)
+    def _close(self, call: Call) -> None:
+        """Cancel the call, on its replica too, and stop reading it."""
+        cancel_call(call.response)
+        if call.reader is not None and call.reader is not asyncio.current_task():
+            call.reader.cancel()
 
     async def _refresh_forever(self) -> None:
         while True:

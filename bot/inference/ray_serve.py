@@ -3,15 +3,19 @@ run the same Executor + LocalBackend as the local path, so batching, fairness, d
 cancellation behave the same; the bot side (bot/inference/ray_client.py) only forwards.
 
 A model group is the tasks that share a checkpoint (/mask and /embed share bert-base-uncased), so
-weights are loaded once per replica. A request is one streaming call, `ModelGroup.run`, whose
-events are plain tuples:
+weights are loaded once per replica. One streaming call, `ModelGroup.run`, carries one request or
+several (the bot sends the requests of a task that arrive in one turn of its loop together: a call
+costs about 2 ms of CPU, a request in a call far less). Each message of the stream is a list of
+events, plain tuples that start with the request's index in the call:
 
-    ("queued", place, eta)          accepted; then, while it waits, ("position", place, eta)
-    ("progress", partial)           streamed /generate text
-    ("result", result, info)        the end: info holds batch size, tokens, wait and compute times
-    ("error", wire)                 the end: a BotError as errors.to_wire data
+    (i, "queued", place, eta)       accepted; then, while it waits, (i, "position", place, eta)
+    (i, "progress", partial)        streamed /generate text
+    (i, "result", result, info)     the end: info holds batch size, tokens, wait and compute times
+    (i, "error", wire)              the end: a BotError as errors.to_wire data
 
-Cancelling the call (`response.cancel()`) cancels the job in the replica's executor. Replicas also
+The first message answers every request of the call ("queued" or "error"); events that happen
+together (the rows of one batch ending) travel as one message. Cancelling the call
+(`response.cancel()`) cancels its jobs in the replica's executor. Replicas also
 report their state (node, device, loaded models, queues) every REPORT_INTERVAL seconds to one
 named actor, the board, which /status and /models read: a handle call reaches one replica only.
 """
@@ -19,6 +23,7 @@ named actor, the board, which /status and /models read: a handle call reaches on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -105,37 +110,54 @@ class ModelGroup:
         """Serve calls this periodically; starting here also starts the board reports."""
         await self._start()
 
-    async def run(self, task: str, request: Any, user_id: int, timeout: float):
+    async def run(self, task: str, requests: list[tuple[Any, int, float]]):
+        """Serve one call: (request, user_id, seconds left) per request; yields lists of events."""
         await self._start()
         if task not in self.tasks:
-            yield ("error", to_wire(ModelUnavailable(f"The /{task} model is not served here.")))
+            yield [(i, "error", to_wire(ModelUnavailable(f"The /{task} model is not served here.")))
+                   for i in range(len(requests))]
             return
-        progress: asyncio.Queue = asyncio.Queue()
-        try:
-            job = await self.executor.enqueue(task, request, user_id=user_id, timeout=timeout,
-                                              on_progress=progress.put_nowait)
-        except BotError as err:
-            yield ("error", to_wire(err))
-            return
-        try:
-            yield ("queued", *self.executor.position(job))
-            while not job.future.done():
-                getter = asyncio.ensure_future(progress.get())
-                done, _ = await asyncio.wait({getter, job.future}, timeout=POSITION_INTERVAL,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield ("progress", getter.result())
-                    continue
-                getter.cancel()
-                if not job.future.done():
-                    yield ("position", *self.executor.position(job))
-            error = job.future.exception()
-            if error is not None:
-                yield ("error", to_wire(error) if isinstance(error, BotError) else to_wire(BotError(str(error))))
+        events: list[tuple] = []
+        ready = asyncio.Event()
+
+        def post(event: tuple) -> None:
+            events.append(event)
+            ready.set()
+
+        jobs: dict[int, Any] = {}  # index → the replica's job, for the requests accepted
+        refused: dict[int, tuple] = {}
+
+        async def accept(i: int, request: Any, user_id: int, timeout: float) -> None:
+            try:
+                jobs[i] = await self.executor.enqueue(task, request, user_id=user_id, timeout=timeout,
+                                                      on_progress=lambda partial: post((i, "progress", partial)))
+            except BotError as err:
+                refused[i] = (i, "error", to_wire(err))
                 return
-            yield ("result", job.future.result(), _timings(job))
+            jobs[i].future.add_done_callback(lambda _: post((i, "end")))
+
+        try:
+            # Together, so the replica's worker waits for all of them (they count as being prepared).
+            await asyncio.gather(*(accept(i, *request) for i, request in enumerate(requests)))
+            yield [refused[i] if i in refused else (i, "queued", *self.executor.position(jobs[i]))
+                   for i in range(len(requests))]
+            ended = 0  # counted from the "end" events: a future done may not have posted its own yet
+            while ended < len(jobs):
+                if not events:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(ready.wait(), POSITION_INTERVAL)
+                await asyncio.sleep(0)  # the other rows of a batch end in the same turn: one message
+                ready.clear()
+                message = [_ended(event[0], jobs[event[0]]) if event[1] == "end" else event for event in events]
+                events.clear()
+                ended += sum(event[1] in ("result", "error") for event in message)
+                if not message:  # a quiet second: where each waiting request stands
+                    message = [(i, "position", *self.executor.position(job)) for i, job in jobs.items()
+                               if not job.future.done()]
+                yield message
         except (asyncio.CancelledError, GeneratorExit):
-            self.executor.cancel(job.id)  # the bot cancelled the call: stop the work here
+            for job in jobs.values():  # the bot cancelled the call: stop the work here
+                self.executor.cancel(job.id)
             raise
 
     async def ping(self) -> None:
@@ -187,6 +209,14 @@ class ModelGroup:
             except Exception:  # no board yet (the bot creates it), or it is being replaced
                 board = None
             await asyncio.sleep(REPORT_INTERVAL)
+
+
+def _ended(i: int, job) -> tuple:
+    """The last event of a job whose future is done."""
+    error = job.future.exception()
+    if error is not None:
+        return (i, "error", to_wire(error if isinstance(error, BotError) else BotError(str(error))))
+    return (i, "result", job.future.result(), _timings(job))
 
 
 def _timings(job) -> dict[str, Any]:
@@ -252,7 +282,9 @@ def group_application(settings: Settings, name: str, tasks: tuple[str, ...]) -> 
     }
     if high > low:
         options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high,
-                                         "target_ongoing_requests": max(2, settings.queue_size_per_model // 4)}
+                                         # Serve counts calls, not requests, and a call carries up to
+                                         # a quarter of a replica's queue (ray_client.CALL_SHARE).
+                                         "target_ongoing_requests": 2}
     else:
         options["num_replicas"] = low
     return serve.deployment(ModelGroup).options(**options).bind(replica_settings(settings), tasks)

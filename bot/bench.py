@@ -501,7 +501,7 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
     from bot.inference import ray_serve
     from bot.inference.executor import Executor
     from bot.inference.local import LocalBackend
-    from bot.inference.ray_client import RayExecutor, fast_handle
+    from bot.inference.ray_client import RayExecutor, call_size, fast_handle
 
     naive = Naive(task, checkpoint)
     texts = heavy_tailed_texts(args.requests, naive.tokenizer, min(512, naive.tokenizer.model_max_length) - 24, rng)
@@ -516,6 +516,7 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
     await local.start()
     await asyncio.to_thread(local.backend.warm_up, task)
     remote = RayExecutor(settings, only=(task,))
+    remote.call_size = call_size(Settings())  # the default queue's, not this bench's huge one's
     await remote.start()
 
     async def on(executor, request):

@@ -166,6 +166,7 @@ class RayExecutor(JobTable):
         self.resent: Counter[str] = Counter()  # per task: calls resent as actor calls (see _read)
         self.calls: Counter[str] = Counter()  # per task: calls made (a call carries one request or more)
         self._unsent: dict[str, list[RemoteJob]] = {}  # per task: jobs of this loop turn, sent together
+        self.call_size = call_size(settings)  # the most requests a call carries
         self._stopping = False
         self._board = None
         self._refresher: asyncio.Task | None = None
@@ -258,7 +259,7 @@ class RayExecutor(JobTable):
 
     def _send(self, task: str, jobs: list[RemoteJob]) -> None:
         """Send jobs of a task in as few calls as the rules allow (see the module's doc)."""
-        size = max(1, self.settings.queue_size_per_model // CALL_SHARE)
+        size = self.call_size
         shared = [job for job in jobs if job.on_progress is None]
         groups = [[job] for job in jobs if job.on_progress is not None]  # a streamed request is never stopped for another's Cancel
         groups += [shared[i:i + size] for i in range(0, len(shared), size)]
@@ -277,6 +278,9 @@ class RayExecutor(JobTable):
 
     async def _read(self, call: Call) -> None:
         """Send the call and apply what its replica reports, until no job rides it."""
+        call.jobs = call.riders()  # one may have ended (shutdown) since it was sent
+        if not call.jobs:
+            return
         try:
             call.response = self._call(self._handles, call)
             try:
@@ -436,6 +440,12 @@ class RayExecutor(JobTable):
             except Exception:
                 log.debug("Could not read the replicas' board", exc_info=True)
             await asyncio.sleep(BOARD_REFRESH)
+
+
+def call_size(settings: Settings) -> int:
+    """The most requests one call carries: a quarter of a replica's queue, so that a burst still
+    spreads over the replicas and one call never fills a replica's queue alone."""
+    return max(1, settings.queue_size_per_model // CALL_SHARE)
 
 
 def fast_handle(handle: Any) -> Any:

@@ -32,7 +32,7 @@ import threading
 import time
 from typing import Any
 
-from bot.inference.errors import BotError, ModelUnavailable, to_wire
+from bot.inference.errors import BotError, InferenceFailed, ModelUnavailable, to_wire
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,11 @@ class ModelGroup:
             except BotError as err:
                 refused[i] = (i, "error", to_wire(err))
                 return
+            except Exception:  # a fault preparing one request fails that one, not the call
+                log.exception("Preparing a %s request failed", task)
+                refused[i] = (i, "error", to_wire(InferenceFailed("The model server could not read this request. "
+                                                                  "Try again or change the input.")))
+                return
             jobs[i].future.add_done_callback(lambda _: post((i, "end")))
 
         try:
@@ -155,10 +160,9 @@ class ModelGroup:
                     message = [(i, "position", *self.executor.position(job)) for i, job in jobs.items()
                                if not job.future.done()]
                 yield message
-        except (asyncio.CancelledError, GeneratorExit):
-            for job in jobs.values():  # the bot cancelled the call: stop the work here
+        finally:  # the bot cancelled the call (or it failed): stop the work here; no-op for jobs ended
+            for job in jobs.values():
                 self.executor.cancel(job.id)
-            raise
 
     async def ping(self) -> None:
         """A call that does no work: the transport's own cost (the bench measures it)."""
@@ -282,9 +286,11 @@ def group_application(settings: Settings, name: str, tasks: tuple[str, ...]) -> 
     }
     if high > low:
         options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high,
-                                         # Serve counts calls, not requests, and a call carries up to
-                                         # a quarter of a replica's queue (ray_client.CALL_SHARE).
-                                         "target_ongoing_requests": 2}
+                                         # Serve counts calls, not requests: a lone request is a call,
+                                         # and so is a burst of up to a quarter of the queue
+                                         # (ray_client.CALL_SHARE). Four calls lie between four
+                                         # requests and a full queue.
+                                         "target_ongoing_requests": 4}
     else:
         options["num_replicas"] = low
     return serve.deployment(ModelGroup).options(**options).bind(replica_settings(settings), tasks)

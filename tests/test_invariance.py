@@ -294,6 +294,14 @@ def test_bf16_generation_rows_are_bit_identical_to_alone_at_any_prompt_width(wid
     assert results == [own for [own], _ in alone]
 
 
+def _one_row_products_round_differently() -> bool:
+    """Whether this CPU sends a one-row bf16 product to a kernel that rounds differently from two rows
+    (seen on AVX512-BF16 machines; not on one with AMX, where both take the same kernel)."""
+    torch.manual_seed(0)
+    weight, rows = torch.randn(3072, 768).bfloat16(), torch.randn(2, 768).bfloat16()
+    return not torch.equal(torch.nn.functional.linear(rows[:1], weight), torch.nn.functional.linear(rows, weight)[:1])
+
+
 @pytest.mark.parametrize("fault", ["plain SDPA over the padded batch", "a lone row's products on one row"])
 def test_each_half_of_the_bf16_generation_fix_is_needed(wide_gpt2_settings, monkeypatch, fault):
     """The comparison above can fail, and the wide model shows both effects: without either half of
@@ -301,6 +309,8 @@ def test_each_half_of_the_bf16_generation_fix_is_needed(wide_gpt2_settings, monk
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if fault.startswith("a lone") and not _one_row_products_round_differently():
+        pytest.skip("this CPU's bf16 kernels give one row the same products as two: nothing for that half to fix here")
     attention._register()
     if fault.startswith("plain"):
         monkeypatch.setitem(AttentionInterface._global_mapping, attention.ROWWISE_CAUSAL, sdpa_attention_forward)

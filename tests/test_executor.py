@@ -179,8 +179,10 @@ async def test_queue_full_and_user_cap_fail_at_once(tiny_settings, real_backend)
         await executor.enqueue("generate", GenerateRequest("hi", 2), user_id=1)
         with pytest.raises(UserBusy, match="already have 2"):
             await executor.enqueue("ner", type("R", (), {"text": "x"})(), user_id=1)
+        # Accepted once already (a Ray call sent again after another's Cancel): not refused again.
+        again = [await executor.enqueue("sentiment", SentimentRequest("again"), user_id=u, admitted=True) for u in (5, 1)]
         backend.gate.set()
-        await asyncio.gather(*(executor.wait(j) for j in [first, *jobs]))
+        await asyncio.gather(*(executor.wait(j) for j in [first, *jobs, *again]))
     finally:
         await executor.shutdown()
 

@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -252,9 +253,19 @@ async def test_a_fault_in_one_request_of_a_call_fails_that_one_only(executor, lo
     assert executor._jobs == {}
 
 
-async def test_cancel_in_a_shared_call_stops_the_call_and_sends_the_others_again(executor):
+def recording_admitted(handle, admitted: list[list[bool]]):
+    """The handle, passing each call on as it is, after noting its requests' `admitted` flags."""
+    def remote(task, requests):
+        admitted.append([flag for *_, flag in requests])
+        return handle.options(stream=True).run.remote(task, requests)
+
+    return SimpleNamespace(options=lambda **_: SimpleNamespace(run=SimpleNamespace(remote=remote)))
+
+
+async def test_cancel_in_a_shared_call_stops_the_call_and_sends_the_others_again(executor, monkeypatch):
     """The replica stops a call whole, so Cancel on one request of a shared call stops both rows on
-    the replica and sends the other again: it still gets its own answer, once."""
+    the replica and sends the other again, marked as admitted (Executor.enqueue does not refuse it
+    for its first copy, which may still count there): it still gets its own answer, once."""
     slow = GenerateRequest("Sharing a call", max_new_tokens=200, seed=6)
     expected = await asyncio.wait_for(executor.submit("generate", slow), 120)
     await executor.refresh()
@@ -263,10 +274,13 @@ async def test_cancel_in_a_shared_call_stops_the_call_and_sends_the_others_again
                                                                     user_id=seed) for seed in (7, 6))), 30)
     assert executor.calls["generate"] - calls == 1 and jobs[0].call is jobs[1].call
     await wait_until(lambda: jobs[0].started_at, "the batch to start")
+    admitted: list[list[bool]] = []
+    monkeypatch.setitem(executor._handles, "generate", recording_admitted(executor._handles["generate"], admitted))
     executor.cancel(jobs[0].id)
     with pytest.raises(Cancelled):
         await asyncio.wait_for(executor.wait(jobs[0]), 10)
     assert executor.calls["generate"] - calls == 2  # the other, sent again
+    assert admitted == [[True]]  # as accepted already: its first copy may still count against the replica's caps
     assert (await asyncio.wait_for(executor.wait(jobs[1]), 120)) == expected
     await wait_until(lambda: replica_outcomes(executor, "generate", "Cancelled") >= cancelled + 2,
                      "the replica to stop both rows of the call", timeout=15)

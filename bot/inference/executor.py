@@ -281,14 +281,18 @@ class Executor(JobTable):
         user_id: int = 0,
         timeout: float | None = None,
         on_progress: Callable[[Any], None] | None = None,
+        admitted: bool = False,
     ) -> Job:
-        """Validate, tokenize and queue a request. Fails at once when full or invalid."""
+        """Validate, tokenize and queue a request. Fails at once when full or invalid. `admitted`: a
+        request accepted once already (a Ray replica's call sent again after another request's
+        Cancel, while its first copy may still count here), so the queue and user caps are not
+        checked again."""
         if task not in self.lanes:
             raise InputError(f"Unknown task {task!r}.")
         loop = asyncio.get_running_loop()
         lane = self.lanes[task]
         try:
-            self._check_capacity(task, user_id)
+            self._check_capacity(task, user_id, admitted)
             with lane.cond:
                 lane.preparing += 1
             try:
@@ -297,7 +301,7 @@ class Executor(JobTable):
                 with lane.cond:
                     lane.preparing -= 1
                     lane.cond.notify()
-            self._check_capacity(task, user_id)  # tokenizing took time; others may have filled the queue
+            self._check_capacity(task, user_id, admitted)  # tokenizing took time; others may have filled the queue
         except BotError as err:
             self.refused[(task, type(err).__name__)] += 1
             raise
@@ -374,9 +378,11 @@ class Executor(JobTable):
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _check_capacity(self, task: str, user_id: int) -> None:
+    def _check_capacity(self, task: str, user_id: int, admitted: bool = False) -> None:
         if self._stopping:
             raise ShuttingDown("The bot is restarting; try again shortly.")
+        if admitted:
+            return
         lane = self.lanes[task]
         total = sum(l.depth for l in self.lanes.values())
         if lane.depth >= self.settings.queue_size_per_model or total >= self.settings.queue_size_total:

@@ -271,9 +271,12 @@ class RayExecutor(JobTable):
             call.reader = asyncio.ensure_future(self._read(call))
 
     def _call(self, handles: dict[str, Any], call: Call) -> Any:
-        """One streaming call of the jobs to their model group; the replica is told the seconds left of each."""
+        """One streaming call of the jobs to their model group; the replica is told the seconds left of
+        each, and which were accepted already (sent again after another's Cancel: their first copy may
+        still count against the caps there)."""
         now = time.monotonic()
-        requests = [(job.request, job.user_id, max(0.001, job.deadline - now)) for job in call.jobs]
+        requests = [(job.request, job.user_id, max(0.001, job.deadline - now), job.accepted.done())
+                    for job in call.jobs]
         return handles[call.task].options(stream=True).run.remote(call.task, requests)
 
     async def _read(self, call: Call) -> None:

@@ -110,8 +110,9 @@ class ModelGroup:
         """Serve calls this periodically; starting here also starts the board reports."""
         await self._start()
 
-    async def run(self, task: str, requests: list[tuple[Any, int, float]]):
-        """Serve one call: (request, user_id, seconds left) per request; yields lists of events."""
+    async def run(self, task: str, requests: list[tuple[Any, int, float, bool]]):
+        """Serve one call: (request, user_id, seconds left, admitted) per request (admitted: sent again
+        after another request's Cancel; see Executor.enqueue); yields lists of events."""
         await self._start()
         if task not in self.tasks:
             yield [(i, "error", to_wire(ModelUnavailable(f"The /{task} model is not served here.")))
@@ -127,9 +128,9 @@ class ModelGroup:
         jobs: dict[int, Any] = {}  # index → the replica's job, for the requests accepted
         refused: dict[int, tuple] = {}
 
-        async def accept(i: int, request: Any, user_id: int, timeout: float) -> None:
+        async def accept(i: int, request: Any, user_id: int, timeout: float, admitted: bool) -> None:
             try:
-                jobs[i] = await self.executor.enqueue(task, request, user_id=user_id, timeout=timeout,
+                jobs[i] = await self.executor.enqueue(task, request, user_id=user_id, timeout=timeout, admitted=admitted,
                                                       on_progress=lambda partial: post((i, "progress", partial)))
             except BotError as err:
                 refused[i] = (i, "error", to_wire(err))

@@ -524,12 +524,22 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
 
     sides = {"local": lambda r: on(local, r), "ray": lambda r: on(remote, r)}
     await sides["ray"](requests[0])
-    runs, per_call = [], []
+
+    async def served() -> dict[str, tuple[int, int]]:  # side → (requests, batches) so far
+        await asyncio.sleep(1.5 * ray_serve.REPORT_INTERVAL)  # the replica's counts reach the board
+        await remote.refresh()
+        lanes = {"local": local.snapshot()["lanes"][task], "ray": remote.snapshot()["lanes"][task]}
+        return {side: (lane["requests"], lane["batches"]) for side, lane in lanes.items()}
+
+    runs, per_call, mean_batch = [], [], []
     for clients in [int(c) for c in args.concurrency.split(",")]:
-        calls = remote.calls[task]
+        calls, before = remote.calls[task], await served()
         runs.append(await measure_sides(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), 0.0))
         sent = 2 * len(requests)  # measure_sides runs each side twice
         per_call.append(f"{clients} client(s) {sent / max(1, remote.calls[task] - calls):.1f}")
+        after = await served()
+        mean_batch.append(f"{clients} client(s) " + " / ".join(
+            f"{(after[side][0] - before[side][0]) / max(1, after[side][1] - before[side][1]):.1f}" for side in after))
     times = await paired_times(sides, requests, 100)
     differences = sorted(there - here for here, there in zip(times["local"], times["ray"]))
     paired = differences[len(differences) // 2], differences[int(len(differences) * 0.9)]
@@ -557,7 +567,7 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
             f"{_ms(here.quantile(0.5))} / {_ms(here.quantile(0.99))} | {_ms(there.quantile(0.5))} / {_ms(there.quantile(0.99))} | "
             f"{overhead[0] * 1000:+.1f} / {overhead[1] * 1000:+.1f} |"
         )
-    return rows, {"paired": paired, "per_call": per_call,
+    return rows, {"paired": paired, "per_call": per_call, "mean_batch": mean_batch,
                   "pings": {way: (_ms(sorted(p)[len(p) // 2], 1), _ms(sorted(p)[int(len(p) * 0.99)], 1))
                             for way, p in pings.items()}}
 
@@ -603,6 +613,7 @@ async def bench_on_ray(args, settings, tasks, checkpoints, rng) -> list[str]:
                              f"median {p50 * 1000:+.1f} ms, p90 {p90 * 1000:+.1f} ms")
                 notes.append(f"- {task}: requests per call (those of one loop turn share one): "
                              + ", ".join(extra["per_call"]))
+                notes.append(f"- {task}: mean batch, local / ray replica: " + ", ".join(extra["mean_batch"]))
                 notes.append(f"- {task}: handle round trip of a call that does no work, p50 / p99 ms: "
                              + "; ".join(f"{way} {p50} / {p99}" for way, (p50, p99) in extra["pings"].items()))
     finally:

@@ -210,6 +210,9 @@ class Executor(JobTable):
         # model's load) must not hold up requests of tasks that are ready.
         self._prep_pools: dict[str, concurrent.futures.ThreadPoolExecutor] = {}
         self._stopping = False
+        # Shortest settle pause (s): a Ray replica's users come back over a round trip to the bot,
+        # which can outlast SETTLE of a short batch (RAY_SETTLE_FLOOR in ray_serve.py).
+        self.settle_floor = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings, backend: Any = None) -> Executor:
@@ -427,7 +430,7 @@ class Executor(JobTable):
                 self._finish(job, error=error)
             if batch:
                 seconds = self._run(lane, batch)
-                last_size, settle_until = len(batch), time.monotonic() + SETTLE * seconds
+                last_size, settle_until = len(batch), time.monotonic() + max(SETTLE * seconds, self.settle_floor)
             with lane.cond:
                 lane.running = []
 

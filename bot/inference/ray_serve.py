@@ -41,6 +41,10 @@ APP_NAME = "automodel-bot"
 BOARD_NAME = "automodel-bot-board"
 NAMESPACE = "automodel-bot"
 POSITION_INTERVAL = 1.0  # seconds between place-in-line updates of a waiting request
+# After a batch, wait at least this long (s) for its users' next requests: they come back over two
+# handle trips and the bot's loop, 10-20 ms, longer than SETTLE of a 250 ms batch (BENCHMARKS.md).
+RAY_SETTLE_FLOOR = 0.025
+RAY_WORKER_NICENESS = 0  # of a local Ray's replicas (Ray's default 15); see connect()
 REPORT_INTERVAL = 1.0  # seconds between a replica's reports to the board
 STALE_AFTER = 10.0  # a replica silent this long (dead, or being replaced) leaves the board
 CONNECT_TIMEOUT = 60.0  # seconds ray.init may take to join a cluster
@@ -95,6 +99,7 @@ class ModelGroup:
         for task in tasks:
             self.backend.warm_up(task)  # the replica is ready when its models are
         self.executor = Executor(settings, self.backend)
+        self.executor.settle_floor = RAY_SETTLE_FLOOR
         self._started: asyncio.Task | None = None
 
     async def _start(self) -> None:
@@ -314,6 +319,9 @@ def connect(settings: Settings) -> None:
         options["address"] = settings.ray_address
     where = f"RAY_ADDRESS={settings.ray_address}" if settings.ray_address else "a local Ray"
     if not settings.ray_address:
+        # Ray starts workers at nice 15; here the replicas share the cores with this bot, and at 15
+        # they lost to it: the bench's ray / local at 32 clients 0.83-0.94, at 0 0.89-1.06.
+        options["_system_config"] = {"worker_niceness": RAY_WORKER_NICENESS}
         # Started from this thread, which must outlive it: Ray ties the processes it starts to the
         # starting thread (a thread that ends takes the local cluster with it).
         try:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from bot.inference import loading
+from bot.inference.torch_threads import in_own_thread
 from bot.settings import Settings
 
 ENCODER_TASKS = ("sentiment", "embed", "ner", "ask", "mask")
@@ -233,7 +234,7 @@ class Naive:
             return torch.softmax(output.logits.float(), dim=-1)
 
     async def __call__(self, request) -> Any:
-        return await asyncio.to_thread(self.one, request)
+        return await asyncio.to_thread(in_own_thread, self.one, request)
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -310,7 +311,7 @@ async def started_executor(task: str, checkpoint: Path, settings: Settings, fmt:
 async def bench_encoder(task, checkpoint, settings, args, rng, peaks, formats) -> dict[str, Any]:
     """Naive fp32 and the executor in each format, A B C … C B A on the same requests, at each
     concurrency; then (--peers) transformers' pipeline on the same list."""
-    naive = Naive(task, checkpoint)
+    naive = in_own_thread(Naive, task, checkpoint)
     tokenizer = naive.tokenizer
     model_limit = min(512, tokenizer.model_max_length)
     texts = heavy_tailed_texts(args.requests, tokenizer, model_limit - 24, rng)
@@ -353,7 +354,7 @@ async def bench_encoder(task, checkpoint, settings, args, rng, peaks, formats) -
                            "one_client": one_client, "pairs": len(times["naive"])}
     pipeline_best = None
     if getattr(args, "peers", False) and task in PIPELINES:
-        rates = await asyncio.to_thread(pipeline_rates, task, naive, requests)
+        rates = await asyncio.to_thread(in_own_thread, pipeline_rates, task, naive, requests)
         best = max(rates, key=rates.get)
         pipeline_best = rates[best]
         closed = [run for run in runs if run["naive"].concurrency > 0]
@@ -366,7 +367,7 @@ async def bench_encoder(task, checkpoint, settings, args, rng, peaks, formats) -
         )
     out["goals"] = goal_row(task, runs, peaks, pipeline_best)
     if "int8" in formats:
-        out["agreement"] = await asyncio.to_thread(int8_agreement, task, checkpoint, requests[:64])
+        out["agreement"] = await asyncio.to_thread(in_own_thread, int8_agreement, task, checkpoint, requests[:64])
     del naive
     return out
 
@@ -412,7 +413,7 @@ def int8_agreement(task: str, checkpoint: Path, requests: list) -> str:
 async def bench_generate(checkpoint, settings, args, rng, formats) -> list[str]:
     """Aggregate tokens/s of the executor's streams in each format (int8 aside: it ruins text),
     against one naive fp32 stream; formats A B … B A at each stream count."""
-    naive = Naive("generate", checkpoint)
+    naive = in_own_thread(Naive, "generate", checkpoint)
     prompts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 16))) for _ in range(128)]
     formats = [fmt for fmt in formats if fmt != "int8"]
     executors = {fmt: await started_executor("generate", checkpoint, settings, fmt) for fmt in formats}
@@ -503,7 +504,7 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
     from bot.inference.local import LocalBackend
     from bot.inference.ray_client import RayExecutor, call_size, fast_handle
 
-    naive = Naive(task, checkpoint)
+    naive = in_own_thread(Naive, task, checkpoint)
     texts = heavy_tailed_texts(args.requests, naive.tokenizer, min(512, naive.tokenizer.model_max_length) - 24, rng)
     requests = [make_request(task, t, rng, args.new_tokens) for t in texts]
     del naive
@@ -634,8 +635,8 @@ async def bench(args: argparse.Namespace, settings: Settings) -> str:
     if args.quantize and "int8" not in formats:
         formats.append("int8")
     started = time.perf_counter()
-    checkpoints = await asyncio.to_thread(build_checkpoints, args.models_dir, args.size)
-    peaks = {fmt: matmul_peak_flops(fmt) for fmt in dict.fromkeys(["fp32", *formats])}
+    checkpoints = await asyncio.to_thread(in_own_thread, build_checkpoints, args.models_dir, args.size)
+    peaks = {fmt: in_own_thread(matmul_peak_flops, fmt) for fmt in dict.fromkeys(["fp32", *formats])}
     lines = [machine_line(args, peaks), ""]
     if args.inference == "ray":
         lines += await bench_on_ray(args, settings, tasks, checkpoints, rng)
@@ -678,7 +679,7 @@ async def bench(args: argparse.Namespace, settings: Settings) -> str:
     if args.continuous:
         lines += ["| prompts at once | batched generate() tokens/s | continuous batching tokens/s | generate() speed-up |",
                   "|---|---|---|---|"]
-        lines += await asyncio.to_thread(bench_continuous, checkpoints["generate"], args.new_tokens, rng)
+        lines += await asyncio.to_thread(in_own_thread, bench_continuous, checkpoints["generate"], args.new_tokens, rng)
         lines.append("")
     lines += [*notes, f"- total bench time {time.perf_counter() - started:.0f} s"]
     return "\n".join(lines)

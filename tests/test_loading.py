@@ -207,3 +207,26 @@ async def test_unloading_and_reload_during_traffic_keep_every_answer(peaked_sett
     assert caplog.text.count("Unloaded") >= 6, "the budget never unloaded anything"
     for loaded in backend._models.values():
         assert loading.meta_tensors(loaded.model) == []
+
+
+def test_loads_and_batches_run_torch_on_threads_that_end_with_them(fresh_backend, monkeypatch):
+    """libgomp keeps an OpenMP pool for every thread that ran torch ops, and once the pools hold more
+    threads than there are CPUs every op pays a wake-up (bot/inference/torch_threads.py): a load and
+    a batch each run on a thread of their own, gone by the time they return."""
+    threads: list[threading.Thread] = []
+    load = fresh_backend._load_model
+
+    def recorded_load(*args):
+        threads.append(threading.current_thread())
+        return load(*args)
+
+    monkeypatch.setattr(fresh_backend, "_load_model", recorded_load)
+    fresh_backend.set_checkpoint("sentiment", fresh_backend.checkpoints["sentiment"])
+    model = fresh_backend._models[fresh_backend._key("sentiment")].model
+    hook = model.register_forward_pre_hook(lambda *_: threads.append(threading.current_thread()))
+    try:
+        answers = run(fresh_backend, "sentiment", [first_requests()["sentiment"]] * 2)
+    finally:
+        hook.remove()
+    assert len(threads) == 2 and len(answers) == 2
+    assert all(thread is not threading.current_thread() and not thread.is_alive() for thread in threads)

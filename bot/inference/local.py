@@ -21,6 +21,7 @@ from bot.inference.device import device_memory, dtype_name, native_bf16, resolve
 from bot.inference.errors import ModelUnavailable
 from bot.inference.tasks import TASKS, BatchContext, ModelInfo, Prepared
 from bot.inference.tasks.base import padded_width
+from bot.inference.torch_threads import in_own_thread
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,11 @@ class LocalBackend:
         return TASKS[task].prepare(request, tokenizer, info, self.settings)
 
     def run(self, task: str, batch: list[Prepared], ctx: BatchContext) -> list[Any]:
-        """One forward (or generate) over a batch; one result per request, in order."""
+        """One forward (or generate) over a batch; one result per request, in order. On a thread of
+        its own, which ends with it (see torch_threads)."""
+        return in_own_thread(self._run, task, batch, ctx)
+
+    def _run(self, task: str, batch: list[Prepared], ctx: BatchContext) -> list[Any]:
         tokenizer, _ = self.tokenizer(task)
         loaded = self.acquire(task)
         try:
@@ -196,7 +201,7 @@ class LocalBackend:
         """Point a task at another checkpoint. The new one is loaded first; requests keep using the
         old one until the switch, and a failure leaves the task as it was."""
         self.tokenizer(task, checkpoint)
-        self.release(self.acquire(task, checkpoint))
+        self.release(in_own_thread(self.acquire, task, checkpoint))  # loading runs torch ops: see torch_threads
         with self._lock:
             self.checkpoints[task] = checkpoint
         self._enforce_budget(keep=self._key(task))

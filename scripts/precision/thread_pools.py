@@ -6,7 +6,8 @@
              libgomp counts more OpenMP threads than CPUs and stops spinning between regions.
   generate   the executor on real-size gpt2, 8 /generate requests of 32 tokens at once, in fp32
              and bf16: model warmed up on another thread first (as `bench` does), or only ever
-             run on the lane's own worker thread.
+             run on the lane's own worker thread; each case in a process of its own. Before
+             bot/inference/torch_threads.py the first case was the slow one; since, the two match.
 
 PYTHONPATH=. HF_HUB_OFFLINE=1 LOG_LEVEL=WARNING .venv/bin/python scripts/precision/thread_pools.py ops
 PYTHONPATH=. HF_HUB_OFFLINE=1 LOG_LEVEL=WARNING .venv/bin/python scripts/precision/thread_pools.py generate
@@ -39,11 +40,14 @@ def ops() -> dict[str, float]:
         weight, bias, rows = torch.randn(768, 3072, dtype=dtype), torch.randn(3072, dtype=dtype), torch.randn(8, 768, dtype=dtype)
         norm, query, keys = torch.nn.LayerNorm(768).to(dtype), torch.randn(1, 12, 1, 64, dtype=dtype), torch.randn(1, 12, 40, 64, dtype=dtype)
         name = str(dtype).removeprefix("torch.")
+        cases = {
+            "addmm 8 rows": lambda: torch.addmm(bias, rows, weight),  # noqa: B023 (called at once, below)
+            "layer norm": lambda: norm(rows),  # noqa: B023
+            "tanh": lambda: torch.tanh(rows),  # noqa: B023
+            "sdpa, one query": lambda: torch.nn.functional.scaled_dot_product_attention(query, keys, keys),  # noqa: B023
+        }
         with torch.inference_mode():
-            out[f"{name} addmm 8 rows"] = per_op_us(lambda: torch.addmm(bias, rows, weight))
-            out[f"{name} layer norm"] = per_op_us(lambda: norm(rows))
-            out[f"{name} tanh"] = per_op_us(lambda: torch.tanh(rows))
-            out[f"{name} sdpa, one query"] = per_op_us(lambda: torch.nn.functional.scaled_dot_product_attention(query, keys, keys))
+            out.update({f"{name} {case}": per_op_us(op) for case, op in cases.items()})
     return out
 
 

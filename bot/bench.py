@@ -533,8 +533,9 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
         return {side: (lane["requests"], lane["batches"]) for side, lane in lanes.items()}
 
     runs, per_call, mean_batch = [], [], []
+    after = await served()
     for clients in [int(c) for c in args.concurrency.split(",")]:
-        calls, before = remote.calls[task], await served()
+        calls, before = remote.calls[task], after  # nothing ran since the last row's count
         runs.append(await measure_sides(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), 0.0))
         sent = 2 * len(requests)  # measure_sides runs each side twice
         per_call.append(f"{clients} client(s) {sent / max(1, remote.calls[task] - calls):.1f}")

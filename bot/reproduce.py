@@ -16,6 +16,7 @@ import dataclasses
 from string import Template
 from typing import Any
 
+from bot.inference.products import IN_PIECES, PIECE_ROWS
 from bot.inference.tasks import TASKS
 from bot.inference.tasks.base import PAD_MULTIPLE, normalize_text
 from bot.inference.tasks.mask import normalize_masks
@@ -55,10 +56,13 @@ class ScriptSpec:
     # The bot computed each row as alone and unpadded (attention.py: packed encoders, and decoders
     # row by row in half precision); None: by task. Named for the encoders, the first it covered.
     packed: bool | None = None
+    # The bot computed the model's products in pieces of a fixed row count (products.py): on this
+    # CPU its half-precision products change with a call's rows, so a plain run's last digits can differ.
+    pieces: bool = False
 
 
 def spec_for(task: str, request: Any, result: Any, checkpoint: str, dtype: str = "float32", quantize: str = "none",
-             packed: bool | None = None) -> ScriptSpec:
+             packed: bool | None = None, pieces: bool = False) -> ScriptSpec:
     """The spec of one finished request: its request, plus what only the result knows."""
     return ScriptSpec(
         task,
@@ -70,6 +74,7 @@ def spec_for(task: str, request: Any, result: Any, checkpoint: str, dtype: str =
         mask_token=getattr(result, "mask_token", None),
         chunks=getattr(result, "chunks", 1),
         packed=packed,
+        pieces=pieces,
     )
 
 
@@ -78,7 +83,7 @@ def backend_spec(backend: Any, task: str, request: Any, result: Any) -> ScriptSp
     rows ran as alone (None when the backend cannot tell yet: a Ray replica that has not reported its
     loaded model)."""
     return spec_for(task, request, result, backend.checkpoints[task], *backend.precision(task),
-                    backend.rows_alone(task))
+                    backend.rows_alone(task), backend.products(task) == IN_PIECES)
 
 
 def literal(text: str) -> str:
@@ -120,6 +125,9 @@ def script(spec: ScriptSpec) -> str:
         "model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)\n"
         if spec.quantize == "int8" else ""
     )
+    if half and spec.pieces:
+        quantize += (f"# The bot computed this model's matrix products in pieces of {PIECE_ROWS} rows: on its CPU,\n"
+                     f"# {spec.dtype} products change with a call's row count, so the last digits here can differ.\n")
     if pad and not pads_like_the_bot:
         quantize += (f"# The bot pads this input to a multiple of {PAD_MULTIPLE} tokens; in {spec.dtype} that changes\n"
                      "# the last digits, so a long text can come out differently here.\n")

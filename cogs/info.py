@@ -63,6 +63,9 @@ class Info(commands.Cog):
             shared = f" · shares weights with /{', /'.join(row['shared_with'])}" if row["shared_with"] and row["loaded"] else ""
             # Batches without padding, or rows of any width batching as alone (attention.py)
             layout = " · packed" if row.get("packed") else " · row by row" if row.get("rows_alone") else ""
+            # Where this CPU's half-precision products change with a call's rows (products.py)
+            products = row.get("products", "steady")
+            layout += "" if products == "steady" else " · one request at a time" if products == "varying" else f" · products {products}"
             embed.add_field(
                 name=f"/{row['task']}",
                 value=f"`{row['auto_class']}`\n`{self.shown(row['checkpoint'], interaction)[:200]}`\n{row['device']} · {row['dtype']}{layout} · {state}{params}{shared}"

@@ -353,6 +353,19 @@ async def test_models_says_bf16_generate_runs_row_by_row(fake_discord, discord_b
     assert "bfloat16 · row by row · loaded" in fields["/generate"]  # prompts of any widths batch, as alone
 
 
+async def test_models_says_where_products_run_in_pieces(fake_discord, discord_bot, bot_settings, monkeypatch):
+    """Forced (this CPU may not need it): a model whose bf16 products change with a call's rows."""
+    from bot.inference import products
+
+    monkeypatch.setattr(products, "_moves", lambda shape, pieces: not pieces)
+    bf16 = LocalBackend(dataclasses.replace(bot_settings, dtype="bfloat16"))
+    run(bf16, "sentiment", [first_requests()["sentiment"]])
+    monkeypatch.setattr(discord_bot.executor, "backend", bf16)
+    reply = await (await fake_discord.invoke_slash("models")).wait_final()
+    fields = {f["name"]: f["value"] for f in reply.embeds[0]["fields"]}
+    assert "bfloat16 · packed · products in pieces of 128 rows · loaded" in fields["/sentiment"]
+
+
 @pytest.mark.parametrize(
     ("menu", "title"),
     [("Sentiment", r"(POSITIVE|NEGATIVE) \("), ("Named entities", "Named entities"), ("Translate", "Translation")],

@@ -247,6 +247,23 @@ def test_a_bf16_generate_script_runs_the_prompt_as_two_copies_as_the_bot_runs_a_
         assert expected in script(spec) and "pads this input" not in script(spec)
 
 
+def test_a_script_says_its_last_digits_can_differ_where_the_bot_computed_products_in_pieces(peaked_settings, monkeypatch):
+    """On a CPU whose bf16 products change with a call's rows the bot computes them in pieces
+    (products.py); a plain script cannot, and says so. Forced here: this CPU may not need pieces."""
+    import dataclasses
+
+    from bot.inference import products
+
+    monkeypatch.setattr(products, "_moves", lambda shape, pieces: not pieces)  # plain moves, pieces hold
+    request = CASES["sentiment"][0]
+    bf16 = LocalBackend(dataclasses.replace(peaked_settings, dtype="bfloat16"))
+    spec = backend_spec(bf16, "sentiment", request, run(bf16, "sentiment", [request])[0])
+    assert spec.pieces and "computed this model's matrix products in pieces of 128 rows" in script(spec)
+    fp32 = LocalBackend(dataclasses.replace(peaked_settings, dtype="float32"))
+    spec = backend_spec(fp32, "sentiment", request, run(fp32, "sentiment", [request])[0])
+    assert not spec.pieces and "in pieces" not in script(spec)
+
+
 def test_on_ray_a_spec_says_rows_alone_only_from_replicas_that_report_the_model_loaded():
     """Until a replica reports the task's model loaded, Ray cannot tell: the spec then says None and
     the script decides by task, as specs stored before the flag do."""
@@ -263,6 +280,10 @@ def test_on_ray_a_spec_says_rows_alone_only_from_replicas_that_report_the_model_
     assert reported({"task": "sentiment", "loaded": True, "rows_alone": True, "packed": True},
                     {"task": "ner", "loaded": True, "rows_alone": False, "packed": False}) == (True, True)
     assert reported({"task": "sentiment", "loaded": True, "rows_alone": True, "packed": False}) == (True, False)
+    pieces = {"task": "sentiment", "loaded": True, "rows_alone": True, "packed": True, "products": "in pieces of 128 rows"}
+    executor = SimpleNamespace(settings=SimpleNamespace(checkpoints={}), replicas=[{"models": [pieces]}])
+    assert RayBackend(executor).products("sentiment") == "in pieces of 128 rows"
+    assert RayBackend(executor).products("ner") == "steady"  # nothing reported: nothing to say
 
 
 def test_a_script_keeps_the_bots_precision_and_says_when_a_path_is_hidden(backend):

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bot.inference import attention, fetch, hub, loading
+from bot.inference import attention, fetch, hub, loading, products
 from bot.inference.device import device_memory, dtype_name, native_bf16, resolve_device, resolve_dtypes
 from bot.inference.errors import ModelUnavailable
 from bot.inference.tasks import TASKS, BatchContext, ModelInfo, Prepared
@@ -239,6 +239,7 @@ class LocalBackend:
                     "quantize": quantize,
                     "packed": self.packed(name),
                     "rows_alone": self.rows_alone(name),
+                    "products": self.products(name),
                     "parameters": _count_parameters(self._view(name, loaded)) if loaded else None,
                     "memory_bytes": loaded.nbytes if loaded else None,
                     "loaded": loaded is not None,
@@ -314,12 +315,24 @@ class LocalBackend:
         "any" for other models in float32, and for decoders running attention row by row; "same
         width" for the others in half precision, where padding wider changes the answer
         (executor.cut_batch); "alone" with int8, whose activations are quantized with one scale per
-        batch (companions moved scores by 0.5 % even at one width)."""
-        if self._quantized():
+        batch (companions moved scores by 0.5 % even at one width), for a half-precision model whose
+        products vary with the rows beside them even in pieces (products.py), and for one on CPU
+        not loaded yet (its products not probed)."""
+        if self._quantized() or self.products(task) == products.VARYING:
             return "alone"
         if self.packed(task):  # before the load, the safe rule: the model decides (attention.py)
             return "packed"
-        return "any" if self._dtype_of(self._key(task)) == torch.float32 or self.rows_alone(task) else "same width"
+        if self._dtype_of(self._key(task)) == torch.float32:
+            return "any"
+        if self.device.type == "cpu" and self._key(task) not in self._models:  # products not probed yet
+            return "alone"
+        return "any" if self.rows_alone(task) else "same width"
+
+    def products(self, task: str) -> str:
+        """How the task's model keeps each row's products independent of its companions (products.py):
+        steady, in pieces, or varying (then its requests run alone)."""
+        loaded = self._models.get(self._key(task))
+        return products.verdict(loaded.model) if loaded else products.STEADY
 
     def _quantized(self) -> bool:
         return self.settings.quantize == "int8" and self.device.type == "cpu"
@@ -349,6 +362,12 @@ class LocalBackend:
             # (CPU only: on a GPU, kernels picked by matrix size may round differently; not measured)
             log.info("%s: %s, attention row by row (answers independent of padding)", checkpoint,
                      "packed" if attention.packs(model) else "padded on the left")
+        if dtype != torch.float32 and self.device.type == "cpu" and not self._quantized():
+            found = products.make_steady(model)  # bits independent of the rows beside them: products.py
+            if found != products.STEADY:
+                log.info("%s: this CPU's %s products change with the rows beside them; %s", checkpoint,
+                         dtype_name(dtype), "computed " + found if found == products.IN_PIECES
+                         else "even in pieces, so its requests run one at a time")
         nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
         seconds = time.perf_counter() - started
         log.info("Loaded %s in %.1fs (%.0f MB)", checkpoint, seconds, nbytes / 2**20)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from bot.inference import ray_serve
+from bot.inference import products, ray_serve
 from bot.inference.errors import (
     BotError,
     Cancelled,
@@ -106,6 +106,7 @@ class RayBackend:
                 "quantize": first.get("quantize", "none"),
                 "packed": self.packed(name),
                 "rows_alone": self.rows_alone(name),
+                "products": self.products(name),
                 "parameters": first.get("parameters"),
                 "memory_bytes": sum(m["memory_bytes"] or 0 for m in models) or None,
                 "loaded": any(m["loaded"] for m in models),
@@ -131,6 +132,13 @@ class RayBackend:
         """Whether the task's replicas compute each row as alone and unpadded (LocalBackend.rows_alone);
         None (the Code button then decides by task) until a replica with the model loaded reports so."""
         return self._reported(task, "rows_alone")
+
+    def products(self, task: str) -> str:
+        """How the task's replicas keep each row's products independent of its companions
+        (LocalBackend.products), from their last reports: in pieces or varying if any replica says so."""
+        found = {m["products"] for r in self.executor.replicas for m in r["models"]
+                 if m["task"] == task and m.get("loaded") and "products" in m}
+        return next((kind for kind in (products.VARYING, products.IN_PIECES) if kind in found), products.STEADY)
 
     def _reported(self, task: str, field: str) -> bool | None:
         loaded = [m[field] for r in self.executor.replicas for m in r["models"]

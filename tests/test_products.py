@@ -33,22 +33,24 @@ def test_a_row_gets_the_same_products_in_pieces_wherever_it_sits(in_features, ou
 def test_the_probe_sees_a_product_that_depends_on_the_rows_beside_it():
     """The probe can fail: a product that adds a trace of the call's row count is caught; float32
     rows computed one by one are not. (A real CPU shows it or not; this fault shows everywhere.)"""
-    def counted(rows, weight_t, bias):
-        return products.product(rows, weight_t, bias) + rows.shape[0] * 1e-2
+    def counted(weight, bias):
+        return lambda rows: products.plain(weight, bias)(rows) + rows.shape[0] * 1e-2
 
-    def row_by_row(rows, weight_t, bias):
-        return torch.cat([products.product(row[None], weight_t, bias) for row in rows])
+    def row_by_row(weight, bias):
+        return lambda rows: torch.cat([products.plain(weight, bias)(row[None]) for row in rows])
 
     assert products.rows_move(counted, 64, 32, torch.bfloat16)
     assert not products.rows_move(row_by_row, 64, 32, torch.float32)
 
 
-def test_pieces_compute_the_same_product():
-    """In float32 (a product with no row effects at these sizes) pieces give the plain product's values."""
-    rows, weight = torch.randn(300, 48), torch.randn(48, 20)
-    bias = torch.randn(20)
-    assert torch.allclose(products.in_pieces(rows, weight, bias), rows @ weight + bias, atol=1e-5)
-    assert torch.allclose(products.in_pieces(rows[:5], weight, None, piece=4), rows[:5] @ weight, atol=1e-5)
+@pytest.mark.parametrize("prepacked", [True, False])
+def test_pieces_compute_the_same_product(prepacked, monkeypatch):
+    """In float32 pieces give the plain product's values, on a prepacked weight or with addmm."""
+    if not prepacked:
+        monkeypatch.setattr(products, "_prepacked", lambda weight, bias, piece: None)
+    rows, weight, bias = torch.randn(300, 48), torch.randn(20, 48), torch.randn(20)
+    assert torch.allclose(products.in_pieces(weight, bias)(rows), rows @ weight.T + bias, atol=1e-4)
+    assert torch.allclose(products.in_pieces(weight, None, piece=4)(rows[:5]), rows[:5] @ weight.T, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

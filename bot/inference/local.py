@@ -369,6 +369,7 @@ class LocalBackend:
                          dtype_name(dtype), "computed " + found if found == products.IN_PIECES
                          else "even in pieces, so its requests run one at a time")
         nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+        nbytes += products.extra_bytes(model)  # prepacked weights, where products run in pieces
         seconds = time.perf_counter() - started
         log.info("Loaded %s in %.1fs (%.0f MB)", checkpoint, seconds, nbytes / 2**20)
         return LoadedModel(checkpoint, class_name, model, nbytes, seconds)

@@ -16,10 +16,12 @@ blocking, and a row's bits depend on that row only (checked at every position of
 same probe). Where even pieces vary, the model's requests run one at a time (the executor's
 "alone" rule). Float32 is not touched: its promise is the same answer, not the same bits.
 
-Pieces cost little in a batch and something alone: at 128 rows a 30-token text computes 128 rows
-(real-size distilbert alone 15 → 23 ms), while a batch of 32 texts (1,170 tokens) runs as fast as
-in one call, because oneDNN runs a 768-wide product of 700–1,500 rows on one of the two cores
-(BENCHMARKS.md "bf16 products that change with the call's rows").
+Each piece runs on the layer's weight prepacked for oneDNN once (torch's `mkldnn._linear_pointwise`,
+what torch.compile's CPU backend uses; plain `addmm` where a build lacks it): that makes a
+128-row piece about 1.4× faster than `addmm`'s, so pieces cost about what one call per layer did
+(real-size distilbert: a 19-token text alone 14.7 → 16.0 ms, a batch of 32 texts 140 → 145 ms),
+at the price of a second copy of each layer's weight (counted in the model's memory).
+BENCHMARKS.md "bf16 products that change with the rows beside them".
 """
 
 from __future__ import annotations
@@ -27,67 +29,90 @@ from __future__ import annotations
 import logging
 import threading
 import types
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 log = logging.getLogger(__name__)
 
-PIECE_ROWS = 128  # measured: 64 slows a full batch by a quarter, 256 doubles a short text's time alone
+PIECE_ROWS = 128  # measured: 64 slows a full batch by a quarter, 256 makes a short text alone half as slow again
 STEADY, IN_PIECES, VARYING = "steady", f"in pieces of {PIECE_ROWS} rows", "varying"
 _PROBE_ROWS = 64
 _PROBE_CALLS = (33, 64, 100, 200, 700, 1300)  # row counts where AMX's blocking was seen to change
-_probed: dict[tuple[int, int, bool, torch.dtype, bool], bool] = {}  # (in, out, Linear, dtype, pieces)  # a property of this machine, kept per process
+
+Compute = Callable[[torch.Tensor], torch.Tensor]  # rows [n, in] → [n, out]
+_probed: dict[tuple[int, int, bool, torch.dtype, bool], bool] = {}  # (in, out, Linear, dtype, pieces)
 _probe_lock = threading.Lock()
+# layer → (its weight's and bias's identity, its compute, bytes of prepacked weight): beside the
+# layer, not on it, because a prepacked weight is an opaque tensor that deepcopy and .to() refuse
+_computes: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Compute, int]] = weakref.WeakKeyDictionary()
 
 
-def product(rows: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """rows [n, in] @ weight_t [in, out] + bias, in one call."""
-    return torch.mm(rows, weight_t) if bias is None else torch.addmm(bias, rows, weight_t)
-
-
-def in_pieces(rows: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None,
-              piece: int | None = None) -> torch.Tensor:
-    """The same product, computed on calls of exactly `piece` rows each (PIECE_ROWS unless given;
-    the last padded with zeros)."""
-    piece = piece or PIECE_ROWS
-    count = rows.shape[0]
-    out = rows.new_empty(count, weight_t.shape[1])
-    whole = count - count % piece
-    for start in range(0, whole, piece):
-        _product_into(rows[start:start + piece], weight_t, bias, out[start:start + piece])
-    if whole < count:
-        padded = rows.new_zeros(piece, rows.shape[1])
-        padded[: count - whole] = rows[whole:]
-        out[whole:] = product(padded, weight_t, bias)[: count - whole]
-    return out
-
-
-def _product_into(rows: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
+def plain(weight: torch.Tensor, bias: torch.Tensor | None) -> Compute:
+    """rows @ weight.T + bias in one call (weight [out, in], as Linear keeps it)."""
+    weight_t = weight.t()
     if bias is None:
-        torch.mm(rows, weight_t, out=out)
-    else:
-        torch.addmm(bias, rows, weight_t, out=out)
+        return lambda rows: torch.mm(rows, weight_t)
+    return lambda rows: torch.addmm(bias, rows, weight_t)
 
 
-def rows_move(compute, in_features: int, out_features: int, dtype: torch.dtype, linear: bool = True) -> bool:
-    """Whether `compute(rows, weight_t, bias)` gives some row other bits in a call of more rows
-    than in a call of two: 64 rows, at the start and at the end of calls of _PROBE_CALLS rows.
-    `linear`: the weight laid out as Linear keeps it ([out, in], transposed); else as Conv1D's."""
+def in_pieces(weight: torch.Tensor, bias: torch.Tensor | None, piece: int | None = None) -> Compute:
+    """The same product on calls of exactly `piece` rows each (PIECE_ROWS unless given; the last
+    padded with zeros), on the weight prepacked for oneDNN where torch has it."""
+    piece = piece or PIECE_ROWS
+    one = _prepacked(weight, bias, piece) or plain(weight, bias)
+
+    def compute(rows: torch.Tensor) -> torch.Tensor:
+        count = rows.shape[0]
+        whole = count - count % piece
+        outs = [one(rows[start:start + piece]) for start in range(0, whole, piece)]
+        if whole < count:
+            padded = rows.new_zeros(piece, rows.shape[1])
+            padded[: count - whole] = rows[whole:]
+            outs.append(one(padded)[: count - whole])
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    compute.packed_bytes = getattr(one, "packed_bytes", 0)  # a second copy of the weight (extra_bytes)
+    return compute
+
+
+def _prepacked(weight: torch.Tensor, bias: torch.Tensor | None, piece: int) -> Compute | None:
+    """One piece through oneDNN's linear on the weight reordered for `piece` rows, or None where this
+    torch build or dtype has no such op (the caller then uses plain addmm)."""
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), piece)
+
+        def one(rows: torch.Tensor) -> torch.Tensor:
+            return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
+
+        one(weight.new_zeros(piece, weight.shape[1]))  # fails here, not in a request, if it cannot run
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return None
+    one.packed_bytes = weight.numel() * weight.element_size()
+    return one
+
+
+def rows_move(make: Callable[[torch.Tensor, torch.Tensor | None], Compute], in_features: int, out_features: int,
+              dtype: torch.dtype, linear: bool = True) -> bool:
+    """Whether the product `make(weight, bias)` computes gives some row other bits in a call of more
+    rows than in a call of two: 64 rows, at the start and at the end of calls of _PROBE_CALLS rows.
+    `linear`: the weight laid out as Linear keeps it ([out, in]); else as Conv1D's ([in, out])."""
     seeded = torch.Generator().manual_seed(0)  # its own: callers' random state is left alone
     shape = (out_features, in_features) if linear else (in_features, out_features)
     weight = torch.randn(*shape, generator=seeded).to(dtype)
-    weight_t = weight.t() if linear else weight
     bias = torch.randn(out_features, generator=seeded).to(dtype)
     rows = torch.randn(_PROBE_ROWS, in_features, generator=seeded).to(dtype)
     with torch.inference_mode():
-        alone = torch.cat([compute(rows[i:i + 2], weight_t, bias) for i in range(0, _PROBE_ROWS, 2)])
+        compute = make(weight if linear else weight.t(), bias)
+        alone = torch.cat([compute(rows[i:i + 2]) for i in range(0, _PROBE_ROWS, 2)])
         for count in _PROBE_CALLS:
             seen = min(count, _PROBE_ROWS)
             filler = torch.randn(count, in_features, generator=seeded).to(dtype)
             for at in (slice(0, seen), slice(count - seen, count)):  # first and last in the call
                 filler[at] = rows[:seen]
-                if not torch.equal(compute(filler, weight_t, bias)[at], alone[:seen]):
+                if not torch.equal(compute(filler)[at], alone[:seen]):
                     return True
     return False
 
@@ -97,7 +122,7 @@ def _moves(shape: tuple[int, int, bool, torch.dtype], pieces: bool) -> bool:
     with _probe_lock:
         if key not in _probed:
             in_features, out_features, linear, dtype = shape
-            _probed[key] = rows_move(in_pieces if pieces else product, in_features, out_features, dtype, linear)
+            _probed[key] = rows_move(in_pieces if pieces else plain, in_features, out_features, dtype, linear)
         return _probed[key]
 
 
@@ -138,14 +163,29 @@ def verdict(model: Any) -> str:
     return getattr(model, "_automodel_products", STEADY)
 
 
+def extra_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the prepacked weight copies the model's layers compute with (0 when none)."""
+    return sum(_computes[m][2] for m in model.modules() if m in _computes)
+
+
 def _compute_in_pieces(module: torch.nn.Module) -> None:
-    """Replace the layer's forward with in_pieces on its own weight (Linear keeps [out, in], Conv1D
-    [in, out]). Read through self at each call: a deep copy computes with its own weights."""
-    linear = isinstance(module, torch.nn.Linear)
+    """Replace the layer's forward with in_pieces on its own weight, prepacked now (the load's thread)
+    rather than in the first request. A copy of the layer (other weight tensors) builds its own."""
+    _compute_of(module)
 
     def forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        weight_t = self.weight.t() if linear else self.weight
-        out = in_pieces(x.reshape(-1, x.shape[-1]), weight_t, self.bias)
+        out = _compute_of(self)(x.reshape(-1, x.shape[-1]))
         return out.view(*x.shape[:-1], out.shape[-1])
 
     module.forward = types.MethodType(forward, module)
+
+
+def _compute_of(module: torch.nn.Module) -> Compute:
+    weight = module.weight if isinstance(module, torch.nn.Linear) else module.weight.t()  # Conv1D: [in, out]
+    bias = module.bias
+    identity = (weight.data_ptr(), weight._version, None if bias is None else (bias.data_ptr(), bias._version))
+    known = _computes.get(module)
+    if known is None or known[0] != identity:
+        compute = in_pieces(weight.detach(), None if bias is None else bias.detach())
+        known = _computes[module] = (identity, compute, getattr(compute, "packed_bytes", 0))
+    return known[1]

@@ -27,12 +27,8 @@ from bot.settings import load_settings
 from bot.synthetic import build_checkpoints
 
 MODELS = Path.home() / ".cache/automodel-bot/bench-models"  # where `automodel-bot bench --size real` builds them
-PIECES = (None, 64, 128, 256)  # None: one call per layer
+PIECES = (None, "addmm", 64, 128, 256)  # None: one call per layer; "addmm": 128 rows, not prepacked
 ROUNDS = 4
-
-
-def one_call(rows, weight_t, bias, piece=None):
-    return products.product(rows, weight_t, bias)
 
 
 async def main(task: str) -> None:
@@ -47,13 +43,15 @@ async def main(task: str) -> None:
     short = min(prepared, key=lambda p: abs(len(p.rows[0]["input_ids"]) - 20))
     cases = {"one text": [short], "8 texts": prepared[:8],
              "32 texts": prepared}
-    in_pieces = products.in_pieces
+    in_pieces, prepacked = products.in_pieces, products._prepacked
     times: dict[tuple[object, str], list[float]] = {}
     differ: dict[object, int] = {}
 
     def use(piece) -> None:
-        products.in_pieces = one_call if piece is None else in_pieces
-        products.PIECE_ROWS = piece or products.PIECE_ROWS
+        products.in_pieces = (lambda weight, bias, piece=None: products.plain(weight, bias)) if piece is None else in_pieces
+        products._prepacked = (lambda weight, bias, piece: None) if piece == "addmm" else prepacked
+        products.PIECE_ROWS = piece if isinstance(piece, int) else 128
+        products._computes.clear()  # each layer builds its compute again, the new way
 
     for turn in range(ROUNDS):
         for piece in PIECES if turn % 2 == 0 else PIECES[::-1]:
@@ -73,7 +71,7 @@ async def main(task: str) -> None:
     print("|---|" + "---|" * (len(cases) + 1))
     for piece in PIECES:
         cells = [f"{statistics.median(times[(piece, n)]) * 1000:.1f}" for n in cases]
-        label = "one call per layer" if piece is None else f"pieces of {piece} rows"
+        label = {None: "one call per layer", "addmm": "pieces of 128 rows, addmm"}.get(piece, f"pieces of {piece} rows, prepacked")
         print(f"| {label} | " + " | ".join(cells) + f" | {differ[piece]}/32 |")
     await executor.shutdown()
 

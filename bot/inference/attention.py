@@ -5,16 +5,17 @@ to alone.
 
 Why it is exact: in an encoder only attention mixes tokens. The linear layers, layer norms and
 everything else compute each token on its own and were measured bit-identical at any batch size and
-width in bf16. So hooks around the encoder's layer stack lay the rows' real tokens one after another
-in a single row, attention runs on each row's tokens alone, and the output goes back into the padded
-batch for the model's head. In bf16 every row is then exactly what the same model gives that text
-alone and unpadded: bit for bit, measured on the five real-size encoders of the bench at widths up
-to 256 and in mixed batches (BENCHMARKS.md "Half precision without the same-width rule", "Packed
-encoders"). With plain SDPA over a padded batch, padding a row wider moved its scores (up to 0.0005
-on real-size distilbert: SDPA's kernels split the keys into blocks by length), so half-precision
-lanes could only batch rows of one padded width (the executor's same-width rule). In float32 a
-packed row differs from alone in the last bits, as a padded one does, and packing is simply faster
-(1.13–1.36× at 8 and 32 clients).
+width in bf16 (on an AVX512-BF16 CPU; where a CPU's products change with the call's rows,
+products.py computes them in fixed pieces so that this holds again). So hooks around the encoder's
+layer stack lay the rows' real tokens one after another in a single row, attention runs on each
+row's tokens alone, and the output goes back into the padded batch for the model's head. In bf16
+every row is then exactly what the same model gives that text alone and unpadded: bit for bit,
+measured on the five real-size encoders of the bench at widths up to 256 and in mixed batches
+(BENCHMARKS.md "Half precision without the same-width rule", "Packed encoders"). With plain SDPA
+over a padded batch, padding a row wider moved its scores (up to 0.0005 on real-size distilbert:
+SDPA's kernels split the keys into blocks by length), so half-precision lanes could only batch rows
+of one padded width (the executor's same-width rule). In float32 a packed row differs from alone in
+the last bits, as a padded one does, and packing is simply faster (1.13–1.36× at 8 and 32 clients).
 
 Only for the encoder families measured (MEASURED: BERT and DistilBERT, the defaults' families) on
 CPU; other encoders keep SDPA and padding. (A sliding-window encoder such as ModernBERT would break

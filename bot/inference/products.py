@@ -6,8 +6,8 @@ AVX512-BF16 CPU it was measured on, except for one row alone (two copies, attent
 not hold on every CPU: on a Xeon with AMX (torch 2.13, oneDNN 3.12 `brg_matmul:avx10_1_512_amx`)
 a bf16 product's blocking depends on the call's row count, so from 512 inputs on some rows' outputs
 move in the last bit once a call has more than 32 rows, and move again at a few hundred and near
-700 rows. A packed encoder puts a whole batch's tokens in one call, so 38 of 68 real-size
-distilbert answers differed from the text alone (scores by up to 0.004).
+700 rows. A packed encoder puts a whole batch's tokens in one call, so of a batch of 32 texts 16
+(distilbert), 28 (bert-base) and 32 (bert-large) answers differed from the text alone.
 
 So a model in half precision on CPU is probed once at load, on its own layers' shapes: does a row's
 product change with the rows around it? Where it does, every Linear (and GPT-2's Conv1D) computes
@@ -19,9 +19,9 @@ same probe). Where even pieces vary, the model's requests run one at a time (the
 Each piece runs on the layer's weight prepacked for oneDNN once (torch's `mkldnn._linear_pointwise`,
 what torch.compile's CPU backend uses; plain `addmm` where a build lacks it): that makes a
 128-row piece about 1.4× faster than `addmm`'s, so pieces cost about what one call per layer did
-(real-size distilbert: a 19-token text alone 14.7 → 16.0 ms, a batch of 32 texts 140 → 145 ms),
-at the price of a second copy of each layer's weight (counted in the model's memory).
-BENCHMARKS.md "bf16 products that change with the rows beside them".
+(real-size distilbert: a 19-token text alone 16.9 → 19.1 ms, a batch of 32 texts 124 → 126 ms;
+`scripts/precision/pieces.py`), at the price of a second copy of each layer's weight (counted in
+the model's memory). BENCHMARKS.md "bf16 products that change with the rows beside them".
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-PIECE_ROWS = 128  # measured: 64 slows a full batch by a quarter, 256 makes a short text alone half as slow again
+PIECE_ROWS = 128  # measured (pieces.py): 64 rows cost a 32-text batch 18–30 % more, 256 a short text up to 30 %
 STEADY, IN_PIECES, VARYING = "steady", f"in pieces of {PIECE_ROWS} rows", "varying"
 _PROBE_ROWS = 64
 _PROBE_CALLS = (33, 64, 100, 200, 700, 1300)  # row counts where AMX's blocking was seen to change

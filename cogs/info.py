@@ -7,6 +7,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.download import shown_checkpoint
+from bot.inference import products
 from bot.inference.tasks import TASKS
 from bot.tree import NO_PINGS
 
@@ -64,8 +65,8 @@ class Info(commands.Cog):
             # Batches without padding, or rows of any width batching as alone (attention.py)
             layout = " · packed" if row.get("packed") else " · row by row" if row.get("rows_alone") else ""
             # Where this CPU's half-precision products change with a call's rows (products.py)
-            products = row.get("products", "steady")
-            layout += "" if products == "steady" else " · one request at a time" if products == "varying" else f" · products {products}"
+            computed = products.shown(row.get("products", products.STEADY))
+            layout += f" · {computed}" if computed else ""
             embed.add_field(
                 name=f"/{row['task']}",
                 value=f"`{row['auto_class']}`\n`{self.shown(row['checkpoint'], interaction)[:200]}`\n{row['device']} · {row['dtype']}{layout} · {state}{params}{shared}"

@@ -16,7 +16,7 @@ import torch
 
 from bot.inference import products
 from bot.inference.local import LocalBackend
-from bot.inference.tasks import embed, sentiment
+from bot.inference.tasks import TASKS, embed, sentiment
 from tests.answers import run
 from tests.test_invariance import MIXED_TEXTS, through_the_executor
 
@@ -45,12 +45,48 @@ def test_the_probe_sees_a_product_that_depends_on_the_rows_beside_it():
 
 @pytest.mark.parametrize("prepacked", [True, False])
 def test_pieces_compute_the_same_product(prepacked, monkeypatch):
-    """In float32 pieces give the plain product's values, on a prepacked weight or with addmm."""
+    """In float32 pieces give the plain product's values, on a prepacked weight or with addmm, for
+    a row count under a piece, over several, an exact multiple, and none."""
     if not prepacked:
         monkeypatch.setattr(products, "_prepacked", lambda weight, bias, piece: None)
     rows, weight, bias = torch.randn(300, 48), torch.randn(20, 48), torch.randn(20)
-    assert torch.allclose(products.in_pieces(weight, bias)(rows), rows @ weight.T + bias, atol=1e-4)
+    for count in (5, 256, 300, 0):
+        got = products.in_pieces(weight, bias)(rows[:count])
+        assert got.shape == (count, 20) and torch.allclose(got, rows[:count] @ weight.T + bias, atol=1e-4)
     assert torch.allclose(products.in_pieces(weight, None, piece=4)(rows[:5]), rows[:5] @ weight.T, atol=1e-4)
+
+
+def _pieces_forced(monkeypatch) -> None:
+    """As on a CPU whose products move in one call and hold in pieces (this one may not need them)."""
+    monkeypatch.setattr(products, "_moves", lambda shape, pieces: not pieces)
+
+
+@pytest.mark.parametrize("task", ["sentiment", "generate"])
+def test_a_model_in_pieces_computes_what_it_did(tiny_checkpoints, monkeypatch, task):
+    """The layers' forwards replaced (distilbert's Linear, GPT-2's Conv1D, on [batch, tokens, in]
+    inputs): in float32 the same outputs as the model as loaded, and a prepacked copy counted."""
+    import copy
+
+    import transformers
+
+    _pieces_forced(monkeypatch)
+    auto = {"sentiment": transformers.AutoModelForSequenceClassification, "generate": transformers.AutoModelForCausalLM}
+    model = auto[task].from_pretrained(tiny_checkpoints[task]).eval()
+    pieced = copy.deepcopy(model)
+    assert products.make_steady(pieced) == products.IN_PIECES and products.extra_bytes(pieced) > 0
+    ids = torch.randint(5, 200, (4, 100))  # 400 rows a layer: three full pieces and a part
+    with torch.inference_mode():
+        assert torch.allclose(pieced(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)
+
+
+def test_a_layer_the_pieces_cannot_reach_makes_the_model_run_requests_alone(monkeypatch):
+    class OwnLinear(torch.nn.Linear):  # a forward of its own, which pieces would replace
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    _pieces_forced(monkeypatch)
+    assert products.make_steady(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))) == products.IN_PIECES
+    assert products.make_steady(torch.nn.Sequential(torch.nn.Linear(8, 8), OwnLinear(8, 8))) == products.VARYING
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +135,26 @@ async def test_products_that_vary_even_in_pieces_run_requests_one_at_a_time(wide
     monkeypatch.setattr(products, "_moves", lambda shape, pieces: True)
     alone, batched, sizes = await _wide_through_the_executor(wide_encoder_settings)
     assert set(sizes) == {1} and batched == alone
+
+
+async def test_a_batch_cut_before_its_model_turned_varying_runs_request_by_request(wide_encoder_settings, monkeypatch):
+    """/admin reload can swap the model between the executor's cut and the run: the backend then
+    runs each request of the batch on its own, as the "alone" rule would have cut it."""
+    backend = LocalBackend(wide_encoder_settings)
+    requests = [embed.EmbedRequest(t) for t in MIXED_TEXTS[:6]]
+    alone = [run(backend, "embed", [request])[0] for request in requests]
+    model = backend._models[backend._key("embed")].model
+    monkeypatch.setattr(model, "_automodel_products", products.VARYING)
+    sizes: list[int] = []
+    predict = TASKS["embed"].predict
+
+    def counted(model, tokenizer, batch, ctx):
+        sizes.append(len(batch))
+        return predict(model, tokenizer, batch, ctx)
+
+    monkeypatch.setattr(TASKS["embed"], "predict", counted)
+    assert backend.batch_rule("embed") == "alone"
+    assert run(backend, "embed", requests) == alone and sizes == [1] * 6
 
 
 def test_float32_models_are_not_probed(peaked_settings):

@@ -280,9 +280,9 @@ def test_on_ray_a_spec_says_rows_alone_only_from_replicas_that_report_the_model_
     assert reported({"task": "sentiment", "loaded": True, "rows_alone": True, "packed": True},
                     {"task": "ner", "loaded": True, "rows_alone": False, "packed": False}) == (True, True)
     assert reported({"task": "sentiment", "loaded": True, "rows_alone": True, "packed": False}) == (True, False)
-    pieces = {"task": "sentiment", "loaded": True, "rows_alone": True, "packed": True, "products": "in pieces of 128 rows"}
+    pieces = {"task": "sentiment", "loaded": True, "rows_alone": True, "packed": True, "products": "pieces"}
     executor = SimpleNamespace(settings=SimpleNamespace(checkpoints={}), replicas=[{"models": [pieces]}])
-    assert RayBackend(executor).products("sentiment") == "in pieces of 128 rows"
+    assert RayBackend(executor).products("sentiment") == "pieces"
     assert RayBackend(executor).products("ner") == "steady"  # nothing reported: nothing to say
 
 

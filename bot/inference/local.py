@@ -82,12 +82,13 @@ class LocalBackend:
         try:
             with torch.inference_mode():
                 model = self._view(task, loaded)
-                if self.batch_rule(task) != "same width" or len(widths := _widths(batch)) == 1:
+                groups = _groups(batch, self.batch_rule(task))
+                if len(groups) == 1:
                     return TASKS[task].predict(model, tokenizer, batch, ctx)
-                # Cut for a packed model that /admin reload has replaced since with one that is not:
-                # each width on its own, as the same-width rule would have cut it.
+                # Cut for a model that /admin reload has replaced since with one that batches less
+                # (packed → same width, or → alone): each group on its own, as its rule would have cut it.
                 results: list[Any] = [None] * len(batch)
-                for rows in widths:
+                for rows in groups:
                     part = BatchContext(len(rows), lambda i, rows=rows: ctx.cancelled(rows[i]),
                                         lambda i, partial, rows=rows: ctx.report(rows[i], partial), ctx.report_interval)
                     for row, result in zip(rows, TASKS[task].predict(model, tokenizer, [batch[r] for r in rows], part)):
@@ -365,9 +366,8 @@ class LocalBackend:
         if dtype != torch.float32 and self.device.type == "cpu" and not self._quantized():
             found = products.make_steady(model)  # bits independent of the rows beside them: products.py
             if found != products.STEADY:
-                log.info("%s: this CPU's %s products change with the rows beside them; %s", checkpoint,
-                         dtype_name(dtype), "computed " + found if found == products.IN_PIECES
-                         else "even in pieces, so its requests run one at a time")
+                log.info("%s: this CPU's %s products change with the rows beside them: %s", checkpoint,
+                         dtype_name(dtype), products.shown(found))
         nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
         nbytes += products.extra_bytes(model)  # prepacked weights, where products run in pieces
         seconds = time.perf_counter() - started
@@ -422,6 +422,13 @@ def _max_length(tokenizer, config) -> int:
     limits.append(tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None)
     known = [int(v) for v in limits if isinstance(v, int) and v > 0]
     return min(known) if known else 512
+
+
+def _groups(batch: list[Prepared], rule: str) -> list[list[int]]:
+    """The batch's requests (indexes) in the groups `rule` lets run together (batch_rule)."""
+    if rule == "alone":
+        return [[index] for index in range(len(batch))]
+    return _widths(batch) if rule == "same width" else [list(range(len(batch)))]
 
 
 def _widths(batch: list[Prepared]) -> list[list[int]]:

@@ -13,20 +13,20 @@ So a model in half precision on CPU is probed once at load, on its own layers' s
 product change with the rows around it? Where it does, every Linear (and GPT-2's Conv1D) computes
 on pieces of exactly PIECE_ROWS rows, the last one padded with zeros: one call shape, so one
 blocking, and a row's bits depend on that row only (checked at every position of a piece, by the
-same probe). Where even pieces vary, the model's requests run one at a time (the executor's
-"alone" rule). Float32 is not touched: its promise is the same answer, not the same bits.
+same probe). Where even pieces vary, or the model holds matrices the pieces cannot reach (a Linear
+subclass with a forward of its own, experts kept as bare tensors), the model's requests run one at
+a time (the executor's "alone" rule). Float32 is not touched: its promise is the same answer, not the same bits.
 
 Each piece runs on the layer's weight prepacked for oneDNN once (torch's `mkldnn._linear_pointwise`,
 what torch.compile's CPU backend uses; plain `addmm` where a build lacks it): that makes a
-128-row piece about 1.4× faster than `addmm`'s, so pieces cost about what one call per layer did
-(real-size distilbert: a 19-token text alone 16.9 → 19.1 ms, a batch of 32 texts 124 → 126 ms;
-`scripts/precision/pieces.py`), at the price of a second copy of each layer's weight (counted in
-the model's memory). BENCHMARKS.md "bf16 products that change with the rows beside them".
+128-row piece about 1.4× faster than `addmm`'s, so a full batch costs what one call per layer did
+(real-size distilbert, 32 texts: 124 → 126 ms) and a short text alone a little more (it computes
+128 rows: 16.9 → 19.1 ms; `scripts/precision/pieces.py`), at the price of a second copy of each
+layer's weight (counted in the model's memory). BENCHMARKS.md "bf16 products that change with the rows beside them".
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import types
 import weakref
@@ -35,19 +35,24 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger(__name__)
-
 PIECE_ROWS = 128  # measured (pieces.py): 64 rows cost a 32-text batch 18–30 % more, 256 a short text up to 30 %
-STEADY, IN_PIECES, VARYING = "steady", f"in pieces of {PIECE_ROWS} rows", "varying"
+STEADY, IN_PIECES, VARYING = "steady", "pieces", "varying"  # make_steady's verdicts
 _PROBE_ROWS = 64
-_PROBE_CALLS = (33, 64, 100, 200, 700, 1300)  # row counts where AMX's blocking was seen to change
+# Row counts probed: AMX's blocking was seen to change above 32, at a few hundred and near 700; up
+# to past the CPU's batch token budget (4,096)
+_PROBE_CALLS = (3, 17, 33, 64, 100, 200, 700, 1300, 2100, 4100)
 
 Compute = Callable[[torch.Tensor], torch.Tensor]  # rows [n, in] → [n, out]
-_probed: dict[tuple[int, int, bool, torch.dtype, bool], bool] = {}  # (in, out, Linear, dtype, pieces)
+_probed: dict[tuple, bool] = {}  # (in, out, Linear, bias, dtype, pieces) → whether rows move
 _probe_lock = threading.Lock()
-# layer → (its weight's and bias's identity, its compute, bytes of prepacked weight): beside the
-# layer, not on it, because a prepacked weight is an opaque tensor that deepcopy and .to() refuse
+# layer → (its weight and bias and their versions, its compute, bytes of prepacked weight): beside
+# the layer, not on it, because a prepacked weight is an opaque tensor that deepcopy and .to() refuse
 _computes: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Compute, int]] = weakref.WeakKeyDictionary()
+
+
+def shown(found: str) -> str:
+    """How /models words a verdict: '' when steady."""
+    return {IN_PIECES: f"products in pieces of {PIECE_ROWS} rows", VARYING: "one request at a time"}.get(found, "")
 
 
 def plain(weight: torch.Tensor, bias: torch.Tensor | None) -> Compute:
@@ -66,6 +71,8 @@ def in_pieces(weight: torch.Tensor, bias: torch.Tensor | None, piece: int | None
 
     def compute(rows: torch.Tensor) -> torch.Tensor:
         count = rows.shape[0]
+        if count == 0:  # as a plain product: no rows in, none out
+            return one(rows.new_zeros(piece, rows.shape[1]))[:0]
         whole = count - count % piece
         outs = [one(rows[start:start + piece]) for start in range(0, whole, piece)]
         if whole < count:
@@ -95,60 +102,81 @@ def _prepacked(weight: torch.Tensor, bias: torch.Tensor | None, piece: int) -> C
 
 
 def rows_move(make: Callable[[torch.Tensor, torch.Tensor | None], Compute], in_features: int, out_features: int,
-              dtype: torch.dtype, linear: bool = True) -> bool:
+              dtype: torch.dtype, linear: bool = True, bias: bool = True) -> bool:
     """Whether the product `make(weight, bias)` computes gives some row other bits in a call of more
-    rows than in a call of two: 64 rows, at the start and at the end of calls of _PROBE_CALLS rows.
-    `linear`: the weight laid out as Linear keeps it ([out, in]); else as Conv1D's ([in, out])."""
+    rows than in a call of two: 64 rows, at the start and at the end of calls of _PROBE_CALLS rows,
+    and in the largest call also at every offset of a piece. `linear`: the weight laid out as Linear
+    keeps it ([out, in]); else as Conv1D's ([in, out])."""
     seeded = torch.Generator().manual_seed(0)  # its own: callers' random state is left alone
     shape = (out_features, in_features) if linear else (in_features, out_features)
     weight = torch.randn(*shape, generator=seeded).to(dtype)
-    bias = torch.randn(out_features, generator=seeded).to(dtype)
+    offset = torch.randn(out_features, generator=seeded).to(dtype) if bias else None
     rows = torch.randn(_PROBE_ROWS, in_features, generator=seeded).to(dtype)
     with torch.inference_mode():
-        compute = make(weight if linear else weight.t(), bias)
+        compute = make(weight if linear else weight.t(), offset)
         alone = torch.cat([compute(rows[i:i + 2]) for i in range(0, _PROBE_ROWS, 2)])
         for count in _PROBE_CALLS:
             seen = min(count, _PROBE_ROWS)
+            starts = {0, count - seen}
+            if count == _PROBE_CALLS[-1]:  # every position in a piece of PIECE_ROWS
+                starts |= set(range(0, PIECE_ROWS, seen))
             filler = torch.randn(count, in_features, generator=seeded).to(dtype)
-            for at in (slice(0, seen), slice(count - seen, count)):  # first and last in the call
-                filler[at] = rows[:seen]
-                if not torch.equal(compute(filler)[at], alone[:seen]):
+            for start in sorted(starts):
+                at = slice(start, start + seen)
+                placed = filler.clone()
+                placed[at] = rows[:seen]
+                if not torch.equal(compute(placed)[at], alone[:seen]):
                     return True
     return False
 
 
-def _moves(shape: tuple[int, int, bool, torch.dtype], pieces: bool) -> bool:
+def _moves(shape: tuple[int, int, bool, bool, torch.dtype], pieces: bool) -> bool:
     key = (*shape, pieces)
     with _probe_lock:
         if key not in _probed:
-            in_features, out_features, linear, dtype = shape
-            _probed[key] = rows_move(in_pieces if pieces else plain, in_features, out_features, dtype, linear)
+            in_features, out_features, linear, bias, dtype = shape
+            make = in_pieces if pieces else plain
+            _probed[key] = rows_move(make, in_features, out_features, dtype, linear, bias)
         return _probed[key]
 
 
-def _layers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, tuple[int, int, bool, torch.dtype]]]:
-    """(layer, (inputs, outputs, is a Linear, dtype)) for each half-precision Linear and GPT-2
-    Conv1D of the model (layers a class keeps in float32 are left as they are)."""
+def _layers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, tuple[int, int, bool, bool, torch.dtype]]]:
+    """(layer, (inputs, outputs, is a Linear, has a bias, dtype)) for each Linear and GPT-2 Conv1D of
+    the model, those a class keeps in float32 too (their last bits feed the half-precision layers)."""
     from transformers.pytorch_utils import Conv1D
 
     found = []
     for module in model.modules():
-        if isinstance(module, (torch.nn.Linear, Conv1D)) and module.weight.dtype in (torch.bfloat16, torch.float16):
-            linear = isinstance(module, torch.nn.Linear)
+        if type(module) in (torch.nn.Linear, Conv1D):
+            linear = type(module) is torch.nn.Linear
             sizes = (module.in_features, module.out_features) if linear else tuple(module.weight.shape)
-            found.append((module, (*sizes, linear, module.weight.dtype)))
+            found.append((module, (*sizes, linear, module.bias is not None, module.weight.dtype)))
     return found
+
+
+def _all_products_covered(model: torch.nn.Module) -> bool:
+    """Whether every matrix the model holds is a Linear's or Conv1D's (which pieces cover) or an
+    embedding table's (looked up, not multiplied). Anything else (a Linear subclass with a forward
+    of its own, experts kept as bare tensors) may multiply in ways the pieces do not reach."""
+    from transformers.pytorch_utils import Conv1D
+
+    for module in model.modules():
+        matrices = [p for p in module.parameters(recurse=False) if p.dim() >= 2]
+        if matrices and type(module) not in (torch.nn.Linear, Conv1D) and not isinstance(module, torch.nn.Embedding):
+            return False
+    return True
 
 
 def make_steady(model: torch.nn.Module) -> str:
     """Probe a half-precision CPU model's layer shapes (each shape once per process) and make its
     products independent of the rows beside them where needed: STEADY (nothing to do), IN_PIECES
-    (installed), or VARYING (its requests must run one at a time). Recorded on the model."""
+    (installed), or VARYING (its requests must run one at a time: even pieces move, or the model
+    multiplies matrices the pieces do not cover). Recorded on the model."""
     layers = _layers(model)
-    shapes = sorted({shape for _, shape in layers})
+    shapes = sorted({shape for _, shape in layers}, key=str)
     if not any(_moves(shape, pieces=False) for shape in shapes):
         found = STEADY
-    elif any(_moves(shape, pieces=True) for shape in shapes):
+    elif not _all_products_covered(model) or any(_moves(shape, pieces=True) for shape in shapes):
         found = VARYING
     else:
         for module, _ in layers:
@@ -181,11 +209,18 @@ def _compute_in_pieces(module: torch.nn.Module) -> None:
 
 
 def _compute_of(module: torch.nn.Module) -> Compute:
-    weight = module.weight if isinstance(module, torch.nn.Linear) else module.weight.t()  # Conv1D: [in, out]
-    bias = module.bias
-    identity = (weight.data_ptr(), weight._version, None if bias is None else (bias.data_ptr(), bias._version))
+    """The layer's pieces, built again when its weight or bias is another tensor or was changed."""
+    weight, bias = module.weight, module.bias
     known = _computes.get(module)
-    if known is None or known[0] != identity:
-        compute = in_pieces(weight.detach(), None if bias is None else bias.detach())
+    if known is None or not all(held is now and version == _version(now)
+                                for (held, version), now in zip(known[0], (weight, bias))):
+        identity = ((weight, _version(weight)), (bias, _version(bias)))
+        matrix = weight if isinstance(module, torch.nn.Linear) else weight.t()  # Conv1D keeps [in, out]
+        compute = in_pieces(matrix.detach(), None if bias is None else bias.detach())
         known = _computes[module] = (identity, compute, getattr(compute, "packed_bytes", 0))
     return known[1]
+
+
+def _version(tensor: torch.Tensor | None) -> int:
+    """How often the tensor was changed in place (0 for none, or an inference tensor, which cannot be)."""
+    return 0 if tensor is None or tensor.is_inference() else tensor._version

@@ -254,17 +254,27 @@ def wide_gpt2_settings(peaked_settings, peaked_checkpoints, tmp_path_factory):
     """bf16 settings with /generate on the peaked GPT-2 widened to gpt2's 3072-wide MLP: from about
     2,000 inputs on, a bf16 matrix product of one row rounds differently from two rows (attention.py),
     and the tiny MLP (128 wide) would not show it."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
-    source = peaked_checkpoints["generate"]
-    config = GPT2Config.from_pretrained(source)
-    config.n_inner = 3072
+    return widened_bf16_settings(peaked_settings, peaked_checkpoints, tmp_path_factory, "generate", GPT2LMHeadModel,
+                                 n_inner=3072)
+
+
+def widened_bf16_settings(peaked_settings, peaked_checkpoints, tmp_path_factory, task: str, model_class,
+                          **sizes) -> object:
+    """bf16 settings with `task` on its peaked checkpoint rebuilt (random weights) with config `sizes`."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    source = peaked_checkpoints[task]
+    config = AutoConfig.from_pretrained(source)
+    for name, value in sizes.items():
+        setattr(config, name, value)
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("wide-gpt2")
-    GPT2LMHeadModel(config).save_pretrained(out)
+    out = tmp_path_factory.mktemp(f"wide-{task}")
+    model_class(config).save_pretrained(out)
     AutoTokenizer.from_pretrained(source).save_pretrained(out)
     return dataclasses.replace(peaked_settings, dtype="bfloat16", max_queued_per_user=100,
-                               checkpoints={**peaked_settings.checkpoints, "generate": str(out)})
+                               checkpoints={**peaked_settings.checkpoints, task: str(out)})
 
 
 def _generated_with_scores(backend: LocalBackend, requests: list) -> tuple[list, list[torch.Tensor]]:

@@ -18,7 +18,7 @@ from bot.inference import products
 from bot.inference.local import LocalBackend
 from bot.inference.tasks import TASKS, embed, sentiment
 from tests.answers import run
-from tests.test_invariance import MIXED_TEXTS, through_the_executor
+from tests.test_invariance import MIXED_TEXTS, through_the_executor, widened_bf16_settings
 
 REAL_SHAPES = [(768, 3072, True), (3072, 768, True), (768, 768, True), (768, 2304, False), (3072, 768, False)]
 
@@ -94,17 +94,10 @@ def wide_encoder_settings(peaked_settings, peaked_checkpoints, tmp_path_factory)
     """bf16 settings with /embed on the peaked BERT at 128 wide with bert-base's 3072-wide
     feed-forward: its 3072→128 product changes with the call's rows on AMX from 64 rows on. /embed's
     mean-pooled vector shows a last-bit change that a saturated label score would hide."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from transformers import BertModel
 
-    source = peaked_checkpoints["embed"]
-    config = BertConfig.from_pretrained(source)
-    config.hidden_size, config.intermediate_size = 128, 3072
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("wide-bert")
-    BertModel(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(source).save_pretrained(out)
-    return dataclasses.replace(peaked_settings, dtype="bfloat16", max_queued_per_user=100,
-                               checkpoints={**peaked_settings.checkpoints, "embed": str(out)})
+    return widened_bf16_settings(peaked_settings, peaked_checkpoints, tmp_path_factory, "embed", BertModel,
+                                 hidden_size=128, intermediate_size=3072)
 
 
 async def _wide_through_the_executor(settings) -> tuple[list, list, list[int]]:

@@ -56,7 +56,7 @@ class ScriptSpec:
     # The bot computed each row as alone and unpadded (attention.py: packed encoders, and decoders
     # row by row in half precision); None: by task. Named for the encoders, the first it covered.
     packed: bool | None = None
-    # The bot computed the model's products in pieces of a fixed row count (products.py): on this
+    # The bot computed the model's products in pieces of a fixed row count (products.py): on its
     # CPU its half-precision products change with a call's rows, so a plain run's last digits can differ.
     pieces: bool = False
 

@@ -2,27 +2,29 @@
 
 The bot's promise in bf16 (attention.py) rests on one measured fact: a Linear layer computes each
 row (token) on its own, with the same bits whatever else is in the call. That held on the
-AVX512-BF16 CPU it was measured on, except for one row alone (two copies, attention.py). It does
-not hold on every CPU: on a Xeon with AMX (torch 2.13, oneDNN 3.12 `brg_matmul:avx10_1_512_amx`)
-a bf16 product's blocking depends on the call's row count, so from 512 inputs on some rows' outputs
-move in the last bit once a call has more than 32 rows, and move again at a few hundred and near
-700 rows. A packed encoder puts a whole batch's tokens in one call, so of a batch of 32 texts 16
-(distilbert), 28 (bert-base) and 32 (bert-large) answers differed from the text alone.
+AVX512-BF16 CPU it was measured on, except for one row alone (two copies, attention.py). It does not
+hold on every CPU: on a Xeon with AMX (torch 2.13, oneDNN 3.12 `brg_matmul:avx10_1_512_amx`) a bf16
+product's blocking depends on the call's row count, so from 512 inputs on some rows' outputs move in
+the last bit once a call has more than 32 rows, and move again at a few hundred and near 700 rows. A
+packed encoder puts a whole batch's tokens in one call, so of a batch of 32 texts 16 (distilbert),
+28 (bert-base) and 32 (bert-large) answers differed from the text alone.
 
 So a model in half precision on CPU is probed once at load, on its own layers' shapes: does a row's
-product change with the rows around it? Where it does, every Linear (and GPT-2's Conv1D) computes
-on pieces of exactly PIECE_ROWS rows, the last one padded with zeros: one call shape, so one
-blocking, and a row's bits depend on that row only (checked at every position of a piece, by the
-same probe). Where even pieces vary, or the model holds matrices the pieces cannot reach (a Linear
-subclass with a forward of its own, experts kept as bare tensors), the model's requests run one at
-a time (the executor's "alone" rule). Float32 is not touched: its promise is the same answer, not the same bits.
+product change with the rows around it? Where it does, every Linear (and GPT-2's Conv1D) computes on
+pieces of exactly PIECE_ROWS rows, the last one padded with zeros: one call shape, so one blocking,
+and a row's bits depend on that row only (checked at every position of a piece, by the same probe).
+Where even pieces vary, or the model holds matrices the pieces cannot reach (a Linear subclass with
+a forward of its own, experts kept as bare tensors), the model's requests run one at a time (the
+executor's "alone" rule). Float32 models are not touched: their promise is the same answer, not the
+same bits.
 
 Each piece runs on the layer's weight prepacked for oneDNN once (torch's `mkldnn._linear_pointwise`,
-what torch.compile's CPU backend uses; plain `addmm` where a build lacks it): that makes a
-128-row piece about 1.4× faster than `addmm`'s, so a full batch costs what one call per layer did
-(real-size distilbert, 32 texts: 124 → 126 ms) and a short text alone a little more (it computes
-128 rows: 16.9 → 19.1 ms; `scripts/precision/pieces.py`), at the price of a second copy of each
-layer's weight (counted in the model's memory). BENCHMARKS.md "bf16 products that change with the rows beside them".
+what torch.compile's CPU backend uses; plain `addmm` where a build lacks it): that makes a 128-row
+piece about 1.4× faster than `addmm`'s, so a full batch costs what one call per layer did (real-size
+distilbert, 32 texts: 124 → 126 ms) and a short text alone a little more (it computes 128 rows: 16.9
+→ 19.1 ms; `scripts/precision/pieces.py`), at the price of a second copy of each layer's weight
+(counted in the model's memory). BENCHMARKS.md "bf16 products that change with the rows beside
+them".
 """
 
 from __future__ import annotations

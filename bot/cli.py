@@ -134,15 +134,16 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def wait_for_stop() -> None:
-    """Block until SIGTERM or SIGINT."""
+    """Block until SIGTERM or SIGINT. The handler only flips a flag: a threading.Event set from a
+    handler deadlocked now and then, the handler waiting for the lock its own thread held in wait()."""
     import signal
-    import threading
+    import time
 
-    stop = threading.Event()
+    stopped: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
-        pass
+        signal.signal(sig, lambda number, frame: stopped.append(number))
+    while not stopped:
+        time.sleep(0.2)
 
 
 # The tasks' messages name Discord's options; here they are flags, and some limits are settings.

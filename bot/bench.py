@@ -315,6 +315,11 @@ async def started_executor(task: str, checkpoint: Path, settings: Settings, fmt:
     return executor
 
 
+def mean_batches(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """Each side's mean batch between two (requests, batches) counts of its lane."""
+    return {side: (after[side][0] - before[side][0]) / max(1, after[side][1] - before[side][1]) for side in after}
+
+
 async def bench_encoder(task, checkpoint, settings, args, rng, peaks, formats) -> dict[str, Any]:
     """Naive fp32 and the executor in each format, A B C … C B A on the same requests, at each
     concurrency; then (--peers) transformers' pipeline on the same list."""
@@ -345,8 +350,7 @@ async def bench_encoder(task, checkpoint, settings, args, rng, peaks, formats) -
         before = served()
         runs.append(await measure_sides(sides, clients, lambda call, c=clients: closed_loop(c, requests, call), total_flops))
         after = served()  # the last (most clients) row's mean batch is what is reported
-        mean_batch = {fmt: (after[fmt][0] - before[fmt][0]) / max(1, after[fmt][1] - before[fmt][1]) for fmt in after}
-        mean_batch["clients"] = clients
+        mean_batch = {**mean_batches(before, after), "clients": clients}
     if args.rate:
         poisson = await measure_sides(sides, -1, lambda call: open_loop(args.rate, requests, call, rng), total_flops)
         for measurement in poisson.values():
@@ -547,8 +551,7 @@ async def bench_ray(task, checkpoint, settings, args, rng) -> tuple[list[str], d
         sent = 2 * len(requests)  # measure_sides runs each side twice
         per_call.append(f"{clients} client(s) {sent / max(1, remote.calls[task] - calls):.1f}")
         after = await served()
-        mean_batch.append(f"{clients} client(s) " + " / ".join(
-            f"{(after[side][0] - before[side][0]) / max(1, after[side][1] - before[side][1]):.1f}" for side in after))
+        mean_batch.append(f"{clients} client(s) " + " / ".join(f"{size:.1f}" for size in mean_batches(before, after).values()))
     times = await paired_times(sides, requests, 100)
     differences = sorted(there - here for here, there in zip(times["local"], times["ray"]))
     paired = differences[len(differences) // 2], differences[int(len(differences) * 0.9)]

@@ -75,8 +75,10 @@ def test_a_model_in_pieces_computes_what_it_did(tiny_checkpoints, monkeypatch, t
     pieced = copy.deepcopy(model)
     assert products.make_steady(pieced) == products.IN_PIECES and products.extra_bytes(pieced) > 0
     ids = torch.randint(5, 200, (4, 100))  # 400 rows a layer: three full pieces and a part
-    with torch.inference_mode():
-        assert torch.allclose(pieced(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)
+    with torch.inference_mode():  # hidden states too: the tiny heads' logits are too small to show 0.1 %
+        got, want = (m(input_ids=ids, output_hidden_states=True) for m in (pieced, model))
+        assert torch.allclose(got.logits, want.logits, atol=1e-4)
+        assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(got.hidden_states, want.hidden_states))
 
 
 def test_a_layer_the_pieces_cannot_reach_makes_the_model_run_requests_alone(monkeypatch):

@@ -198,7 +198,7 @@ def cut_batch(
 
 
 class Executor(JobTable):
-    def __init__(self, settings: Settings, backend: Any) -> None:
+    def __init__(self, settings: Settings, backend: Any, settle_floor: float = 0.0) -> None:
         self.settings = settings
         self.backend = backend
         self.max_batch_size, self.batch_token_budget = settings.batch_limits(backend.on_gpu)
@@ -212,7 +212,7 @@ class Executor(JobTable):
         self._stopping = False
         # Shortest settle pause (s): a Ray replica's users come back over a round trip to the bot,
         # which can outlast SETTLE of a short batch (RAY_SETTLE_FLOOR in ray_serve.py).
-        self.settle_floor = 0.0
+        self.settle_floor = settle_floor
 
     @classmethod
     def from_settings(cls, settings: Settings, backend: Any = None) -> Executor:

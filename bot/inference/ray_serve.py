@@ -98,8 +98,7 @@ class ModelGroup:
         log.info("%s", self.backend.dtype_reason)  # the replica's CPU decides DTYPE=auto here, not the bot's
         for task in tasks:
             self.backend.warm_up(task)  # the replica is ready when its models are
-        self.executor = Executor(settings, self.backend)
-        self.executor.settle_floor = RAY_SETTLE_FLOOR
+        self.executor = Executor(settings, self.backend, settle_floor=RAY_SETTLE_FLOOR)
         self._started: asyncio.Task | None = None
 
     async def _start(self) -> None:

@@ -16,7 +16,7 @@ import dataclasses
 from string import Template
 from typing import Any
 
-from bot.inference.products import IN_PIECES, PIECE_ROWS
+from bot.inference.products import IN_PIECES
 from bot.inference.tasks import TASKS
 from bot.inference.tasks.base import PAD_MULTIPLE, normalize_text
 from bot.inference.tasks.mask import normalize_masks
@@ -56,7 +56,7 @@ class ScriptSpec:
     # The bot computed each row as alone and unpadded (attention.py: packed encoders, and decoders
     # row by row in half precision); None: by task. Named for the encoders, the first it covered.
     packed: bool | None = None
-    # The bot computed the model's products in pieces of a fixed row count (products.py): on its
+    # The bot computed the model's products in pieces of fixed row counts (products.py): on its
     # CPU its half-precision products change with a call's rows, so a plain run's last digits can differ.
     pieces: bool = False
 
@@ -126,7 +126,7 @@ def script(spec: ScriptSpec) -> str:
         if spec.quantize == "int8" else ""
     )
     if half and spec.pieces:
-        quantize += (f"# The bot computed this model's matrix products in pieces of {PIECE_ROWS} rows: on its CPU,\n"
+        quantize += ("# The bot computed this model's matrix products in pieces of fixed row counts: on its CPU,\n"
                      f"# {spec.dtype} products change with a call's row count, so the last digits here can differ.\n")
     if pad and not pads_like_the_bot:
         quantize += (f"# The bot pads this input to a multiple of {PAD_MULTIPLE} tokens; in {spec.dtype} that changes\n"

@@ -363,7 +363,7 @@ async def test_models_says_where_products_run_in_pieces(fake_discord, discord_bo
     monkeypatch.setattr(discord_bot.executor, "backend", bf16)
     reply = await (await fake_discord.invoke_slash("models")).wait_final()
     fields = {f["name"]: f["value"] for f in reply.embeds[0]["fields"]}
-    assert "bfloat16 · packed · products in pieces of 128 rows · loaded" in fields["/sentiment"]
+    assert "bfloat16 · packed · products in fixed-size pieces · loaded" in fields["/sentiment"]
 
 
 @pytest.mark.parametrize(

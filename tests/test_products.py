@@ -2,9 +2,10 @@
 
 On some CPUs (a Xeon with AMX here) a bf16 product's bits for a row change with the call's row
 count, so a packed batch of texts gave other answers than each text alone. The probe finds it at
-load, and the layers then compute in pieces of a fixed row count. The model-level tests run a
-BERT widened to bert-base's 3072-wide feed-forward (the peaked model's 128 are too few to show
-it) and go red where the CPU shows the effect and the fix is taken away.
+load, and the layers then compute in pieces of fixed row counts (128, and 64 or 256 where a shape
+gives those the same bits). The model-level tests run a BERT widened to bert-base's 3072-wide
+feed-forward (the peaked model's 128 are too few to show it), and for the piece sizes one as wide
+as bert-base, and go red where the CPU shows the effect and the fix is taken away.
 """
 
 from __future__ import annotations
@@ -48,12 +49,36 @@ def test_pieces_compute_the_same_product(prepacked, monkeypatch):
     """In float32 pieces give the plain product's values, on a prepacked weight or with addmm, for
     a row count under a piece, over several, an exact multiple, and none."""
     if not prepacked:
-        monkeypatch.setattr(products, "_prepacked", lambda weight, bias, piece: None)
+        monkeypatch.setattr(products, "_prepacked", lambda weight, bias: None)
     rows, weight, bias = torch.randn(300, 48), torch.randn(20, 48), torch.randn(20)
-    for count in (5, 256, 300, 0):
-        got = products.in_pieces(weight, bias)(rows[:count])
-        assert got.shape == (count, 20) and torch.allclose(got, rows[:count] @ weight.T + bias, atol=1e-4)
-    assert torch.allclose(products.in_pieces(weight, None, piece=4)(rows[:5]), rows[:5] @ weight.T, atol=1e-4)
+    for sizes in ((128,), products.SIZES):
+        for count in (5, 256, 300, 0):
+            got = products.in_pieces(weight, bias, sizes)(rows[:count])
+            assert got.shape == (count, 20) and torch.allclose(got, rows[:count] @ weight.T + bias, atol=1e-4)
+    assert torch.allclose(products.in_pieces(weight, None, (4,))(rows[:5]), rows[:5] @ weight.T, atol=1e-4)
+
+
+@pytest.mark.parametrize("count", [1, 20, 64, 65, 100, 129, 300, 1170, 4100])
+def test_a_plan_covers_the_rows_with_sizes_it_may_use_and_little_padding(count):
+    """Every row in a piece, only sizes given, padding under the largest size, and never more calls
+    than pieces of the largest size would need (plus one)."""
+    for sizes in ((128,), (64, 128), products.SIZES):
+        planned = products.plan(count, sizes)
+        assert set(planned) <= set(sizes) and 0 <= sum(planned) - count < max(sizes)
+        assert len(planned) <= -(-count // max(sizes)) + 1
+    assert products.plan(20, products.SIZES) == (64,) and sorted(products.plan(300, products.SIZES)) == [64, 256]
+
+
+def test_a_piece_size_is_kept_only_where_it_gives_the_128_row_pieces_bits(monkeypatch):
+    """The size probe can fail: a product that adds a trace of the call's row count gives other bits
+    in pieces of 64 or 256 than of 128, so only 128 is kept; the honest product here keeps 128 too."""
+    shape = (64, 32, True, True, torch.bfloat16)
+    honest = products._sizes(shape)
+    assert products.PIECE_ROWS in honest and set(honest) <= set(products.SIZES)
+    monkeypatch.setattr(products, "_sizes_held", {})
+    monkeypatch.setattr(products, "_prepacked", lambda weight, bias: (
+        lambda rows: products.plain(weight, bias)(rows) + rows.shape[0] * 1e-2))
+    assert products._sizes(shape) == (products.PIECE_ROWS,)
 
 
 def _pieces_forced(monkeypatch) -> None:
@@ -121,6 +146,34 @@ async def test_without_pieces_the_wide_encoder_moves_where_this_cpu_shows_it(wid
         pytest.skip("this CPU's bf16 products do not change with the rows beside them: nothing to fix here")
     monkeypatch.setattr(products, "make_steady", lambda model: products.STEADY)
     alone, batched, _ = await _wide_through_the_executor(wide_encoder_settings)
+    assert batched != alone
+
+
+@pytest.fixture(scope="module")
+def base_wide_settings(peaked_settings, peaked_checkpoints, tmp_path_factory):
+    """bf16 /embed on one layer as wide as bert-base (768, feed-forward 3072): on AMX its 3072→768
+    product gives 256-row pieces other bits than 128-row ones (the 128-wide model's shapes hold at
+    every size), so only there a wrongly kept size shows."""
+    from transformers import BertModel
+
+    return widened_bf16_settings(peaked_settings, peaked_checkpoints, tmp_path_factory, "embed", BertModel,
+                                 hidden_size=768, intermediate_size=3072, num_hidden_layers=1)
+
+
+async def test_pieces_of_several_sizes_keep_batches_bit_identical_to_alone(base_wide_settings, monkeypatch):
+    """A batch's packed call of hundreds of rows computes in the largest pieces each shape holds at,
+    a text alone in one small piece: the same bits. And the comparison can fail: with every size
+    kept whatever the probe saw, a CPU where a size gives other bits gives other answers."""
+    backend = LocalBackend(base_wide_settings)
+    run(backend, "embed", [embed.EmbedRequest(MIXED_TEXTS[0])])
+    model = backend._models[backend._key("embed")].model
+    kept = {products._sizes(shape) for _, shape in products._layers(model)}
+    alone, batched, sizes = await _wide_through_the_executor(base_wide_settings)
+    assert max(sizes) > 8 and batched == alone
+    if backend.products("embed") != products.IN_PIECES or kept == {products.SIZES}:
+        pytest.skip("this CPU gives every piece size the same bits (or needs no pieces): nothing more to show")
+    monkeypatch.setattr(products, "_sizes", lambda shape: products.SIZES)
+    alone, batched, _ = await _wide_through_the_executor(base_wide_settings)
     assert batched != alone
 
 

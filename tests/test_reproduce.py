@@ -258,7 +258,7 @@ def test_a_script_says_its_last_digits_can_differ_where_the_bot_computed_product
     request = CASES["sentiment"][0]
     bf16 = LocalBackend(dataclasses.replace(peaked_settings, dtype="bfloat16"))
     spec = backend_spec(bf16, "sentiment", request, run(bf16, "sentiment", [request])[0])
-    assert spec.pieces and "computed this model's matrix products in pieces of 128 rows" in script(spec)
+    assert spec.pieces and "computed this model's matrix products in pieces of fixed row counts" in script(spec)
     fp32 = LocalBackend(dataclasses.replace(peaked_settings, dtype="float32"))
     spec = backend_spec(fp32, "sentiment", request, run(fp32, "sentiment", [request])[0])
     assert not spec.pieces and "in pieces" not in script(spec)

@@ -11,24 +11,28 @@ packed encoder puts a whole batch's tokens in one call, so of a batch of 32 text
 
 So a model in half precision on CPU is probed once at load, on its own layers' shapes: does a row's
 product change with the rows around it? Where it does, every Linear (and GPT-2's Conv1D) computes on
-pieces of exactly PIECE_ROWS rows, the last one padded with zeros: one call shape, so one blocking,
-and a row's bits depend on that row only (checked at every position of a piece, by the same probe).
-Where even pieces vary, or the model holds matrices the pieces cannot reach (a Linear subclass with
-a forward of its own, experts kept as bare tensors), the model's requests run one at a time (the
-executor's "alone" rule). Float32 models are not touched: their promise is the same answer, not the
-same bits.
+pieces of fixed row counts, the last one padded with zeros: each piece size one blocking, and a row's
+bits depend on that row only (checked at every position of a piece, by the same probe). PIECE_ROWS
+(128) is the size that must hold; the probe also tries SIZES' others (64 and 256) per shape and keeps
+those that give every row the bits a 128-row piece gives (on this Xeon 256 held for the 768- and
+1,024-input shapes, 64 for all but bert-large's 4,096-input one, none below 64), so a large batch
+computes in 256-row pieces (20–40 % faster than 128 on AMX) and a short text or a decoding step in
+one of 64. Where even pieces vary, or the model holds matrices the pieces cannot reach (a Linear
+subclass with a forward of its own, experts kept as bare tensors), the model's requests run one at a
+time (the executor's "alone" rule). Float32 models are not touched: their promise is the same
+answer, not the same bits.
 
 Each piece runs on the layer's weight prepacked for oneDNN once (torch's `mkldnn._linear_pointwise`,
-what torch.compile's CPU backend uses; plain `addmm` where a build lacks it): that makes a 128-row
-piece about 1.4× faster than `addmm`'s, so a full batch costs what one call per layer did (real-size
-distilbert, 32 texts: 124 → 126 ms) and a short text alone a little more (it computes 128 rows: 16.9
-→ 19.1 ms; `scripts/precision/pieces.py`), at the price of a second copy of each layer's weight
-(counted in the model's memory). BENCHMARKS.md "bf16 products that change with the rows beside
-them".
+what torch.compile's CPU backend uses; plain `addmm` where a build lacks it; one packing serves every
+piece size, measured the same bits and speed as one per size): that makes a 128-row piece about 1.4×
+faster than `addmm`'s, at the price of a second copy of each layer's weight (counted in the model's
+memory). BENCHMARKS.md "bf16 products that change with the rows beside them" and "Pieces of several
+sizes".
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import types
 import weakref
@@ -37,7 +41,11 @@ from typing import Any
 
 import torch
 
-PIECE_ROWS = 128  # measured (pieces.py): 64 rows cost a 32-text batch 18–30 % more, 256 a short text up to 30 %
+PIECE_ROWS = 128  # the piece every shape in pieces must hold at; the packing's row hint
+# Piece sizes tried per shape, each kept where it gives a 128-row piece's bits. Not 32 or fewer (another
+# kernel: other bits on AMX), not 512 (oneDNN ran 768-output products of 512–1,024 rows at half speed)
+SIZES = (64, 128, 256)
+CALL_ROWS = 64  # what one more call costs, in rows computed: a 64-row piece ran at ~70 % of a 128-row one's speed
 STEADY, IN_PIECES, VARYING = "steady", "pieces", "varying"  # make_steady's verdicts
 _PROBE_ROWS = 64
 # Row counts probed: AMX's blocking was seen to change above 32, at a few hundred and near 700; up
@@ -46,6 +54,7 @@ _PROBE_CALLS = (3, 17, 33, 64, 100, 200, 700, 1300, 2100, 4100)
 
 Compute = Callable[[torch.Tensor], torch.Tensor]  # rows [n, in] → [n, out]
 _probed: dict[tuple, bool] = {}  # (in, out, Linear, bias, dtype, pieces) → whether rows move
+_sizes_held: dict[tuple, tuple[int, ...]] = {}  # (in, out, Linear, bias, dtype) → SIZES that give PIECE_ROWS' bits
 _probe_lock = threading.Lock()
 # layer → (its weight and bias and their versions, its compute, bytes of prepacked weight): beside
 # the layer, not on it, because a prepacked weight is an opaque tensor that deepcopy and .to() refuse
@@ -54,7 +63,7 @@ _computes: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Compute, int]
 
 def shown(found: str) -> str:
     """How /models words a verdict: '' when steady."""
-    return {IN_PIECES: f"products in pieces of {PIECE_ROWS} rows", VARYING: "one request at a time"}.get(found, "")
+    return {IN_PIECES: "products in fixed-size pieces", VARYING: "one request at a time"}.get(found, "")
 
 
 def plain(weight: torch.Tensor, bias: torch.Tensor | None) -> Compute:
@@ -65,42 +74,71 @@ def plain(weight: torch.Tensor, bias: torch.Tensor | None) -> Compute:
     return lambda rows: torch.addmm(bias, rows, weight_t)
 
 
-def in_pieces(weight: torch.Tensor, bias: torch.Tensor | None, piece: int | None = None) -> Compute:
-    """The same product on calls of exactly `piece` rows each (PIECE_ROWS unless given; the last
+def in_pieces(weight: torch.Tensor, bias: torch.Tensor | None, sizes: tuple[int, ...] = (PIECE_ROWS,)) -> Compute:
+    """The same product on calls of exactly one of `sizes` rows each (plan() picks them; the last
     padded with zeros), on the weight prepacked for oneDNN where torch has it."""
-    piece = piece or PIECE_ROWS
-    one = _prepacked(weight, bias, piece) or plain(weight, bias)
+    one = _prepacked(weight, bias) or plain(weight, bias)
 
     def compute(rows: torch.Tensor) -> torch.Tensor:
         count = rows.shape[0]
         if count == 0:  # as a plain product: no rows in, none out
-            return one(rows.new_zeros(piece, rows.shape[1]))[:0]
-        whole = count - count % piece
-        outs = [one(rows[start:start + piece]) for start in range(0, whole, piece)]
-        if whole < count:
-            padded = rows.new_zeros(piece, rows.shape[1])
-            padded[: count - whole] = rows[whole:]
-            outs.append(one(padded)[: count - whole])
+            return one(rows.new_zeros(sizes[0], rows.shape[1]))[:0]
+        outs, start = [], 0
+        for size in plan(count, sizes):
+            if start + size <= count:
+                outs.append(one(rows[start:start + size]))
+            else:
+                padded = rows.new_zeros(size, rows.shape[1])
+                padded[: count - start] = rows[start:]
+                outs.append(one(padded)[: count - start])
+            start += size
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     compute.packed_bytes = getattr(one, "packed_bytes", 0)  # a second copy of the weight (extra_bytes)
     return compute
 
 
-def _prepacked(weight: torch.Tensor, bias: torch.Tensor | None, piece: int) -> Compute | None:
-    """One piece through oneDNN's linear on the weight reordered for `piece` rows, or None where this
-    torch build or dtype has no such op (the caller then uses plain addmm)."""
+def plan(count: int, sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """Piece sizes for `count` rows, fewest rows computed plus CALL_ROWS per call (a short call is
+    slower per row): 20 rows → (64,), 100 → (128,), 300 → (256, 64) where all of SIZES hold. Past
+    four of the largest, whole largest pieces first (the cheapest per row), the rest planned."""
+    bulk = max(0, count // sizes[-1] - 4)
+    return (sizes[-1],) * bulk + _plan_rest(count - bulk * sizes[-1], sizes)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan_rest(count: int, sizes: tuple[int, ...]) -> tuple[int, ...]:
+    best: list[tuple[int, tuple[int, ...]]] = [(0, ())]  # best[n]: (cost, sizes) for n rows
+    for left in range(1, count + 1):
+        best.append(min((best[max(0, left - size)][0] + size + CALL_ROWS, best[max(0, left - size)][1] + (size,))
+                        for size in sizes))
+    return best[count][1]
+
+
+def _prepacked(weight: torch.Tensor, bias: torch.Tensor | None) -> Compute | None:
+    """One piece through oneDNN's linear on the weight reordered for PIECE_ROWS rows, or None where
+    this torch build or dtype has no such op (the caller then uses plain addmm)."""
     try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), piece)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PIECE_ROWS)
 
         def one(rows: torch.Tensor) -> torch.Tensor:
             return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
 
-        one(weight.new_zeros(piece, weight.shape[1]))  # fails here, not in a request, if it cannot run
+        one(weight.new_zeros(PIECE_ROWS, weight.shape[1]))  # fails here, not in a request, if it cannot run
     except (AttributeError, RuntimeError, NotImplementedError):
         return None
     one.packed_bytes = weight.numel() * weight.element_size()
     return one
+
+
+def _probe_matrices(seeded: torch.Generator, in_features: int, out_features: int, dtype: torch.dtype,
+                    linear: bool, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A random weight [out, in] (for Conv1D's layout a transposed view of [in, out], as the layer
+    hands it over) and bias, as a layer of this shape would give them to a product."""
+    shape = (out_features, in_features) if linear else (in_features, out_features)
+    weight = torch.randn(*shape, generator=seeded).to(dtype)
+    offset = torch.randn(out_features, generator=seeded).to(dtype) if bias else None
+    return (weight if linear else weight.t()), offset
 
 
 def rows_move(make: Callable[[torch.Tensor, torch.Tensor | None], Compute], in_features: int, out_features: int,
@@ -110,12 +148,10 @@ def rows_move(make: Callable[[torch.Tensor, torch.Tensor | None], Compute], in_f
     and in the largest call also at every offset of a piece. `linear`: the weight laid out as Linear
     keeps it ([out, in]); else as Conv1D's ([in, out])."""
     seeded = torch.Generator().manual_seed(0)  # its own: callers' random state is left alone
-    shape = (out_features, in_features) if linear else (in_features, out_features)
-    weight = torch.randn(*shape, generator=seeded).to(dtype)
-    offset = torch.randn(out_features, generator=seeded).to(dtype) if bias else None
+    weight, offset = _probe_matrices(seeded, in_features, out_features, dtype, linear, bias)
     rows = torch.randn(_PROBE_ROWS, in_features, generator=seeded).to(dtype)
     with torch.inference_mode():
-        compute = make(weight if linear else weight.t(), offset)
+        compute = make(weight, offset)
         alone = torch.cat([compute(rows[i:i + 2]) for i in range(0, _PROBE_ROWS, 2)])
         for count in _PROBE_CALLS:
             seen = min(count, _PROBE_ROWS)
@@ -132,6 +168,17 @@ def rows_move(make: Callable[[torch.Tensor, torch.Tensor | None], Compute], in_f
     return False
 
 
+def gives_piece_bits(size: int, in_features: int, out_features: int, dtype: torch.dtype,
+                     linear: bool = True, bias: bool = True) -> bool:
+    """Whether pieces of `size` rows give every row the bits pieces of PIECE_ROWS give it: over three
+    pieces' worth of rows less a half, so every position of a piece and a padded last piece are seen."""
+    seeded = torch.Generator().manual_seed(1)
+    weight, offset = _probe_matrices(seeded, in_features, out_features, dtype, linear, bias)
+    rows = torch.randn(3 * size - size // 2, in_features, generator=seeded).to(dtype)
+    with torch.inference_mode():
+        return torch.equal(in_pieces(weight, offset, (size,))(rows), in_pieces(weight, offset)(rows))
+
+
 def _moves(shape: tuple[int, int, bool, bool, torch.dtype], pieces: bool) -> bool:
     key = (*shape, pieces)
     with _probe_lock:
@@ -140,6 +187,16 @@ def _moves(shape: tuple[int, int, bool, bool, torch.dtype], pieces: bool) -> boo
             make = in_pieces if pieces else plain
             _probed[key] = rows_move(make, in_features, out_features, dtype, linear, bias)
         return _probed[key]
+
+
+def _sizes(shape: tuple[int, int, bool, bool, torch.dtype]) -> tuple[int, ...]:
+    """The piece sizes a shape computes in: PIECE_ROWS and those of SIZES that give its bits."""
+    with _probe_lock:
+        if shape not in _sizes_held:
+            in_features, out_features, linear, bias, dtype = shape
+            _sizes_held[shape] = tuple(size for size in SIZES if size == PIECE_ROWS or gives_piece_bits(
+                size, in_features, out_features, dtype, linear, bias))
+        return _sizes_held[shape]
 
 
 def _layers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, tuple[int, int, bool, bool, torch.dtype]]]:
@@ -181,8 +238,8 @@ def make_steady(model: torch.nn.Module) -> str:
     elif not _all_products_covered(model) or any(_moves(shape, pieces=True) for shape in shapes):
         found = VARYING
     else:
-        for module, _ in layers:
-            _compute_in_pieces(module)
+        for module, shape in layers:
+            _compute_in_pieces(module, _sizes(shape))
         found = IN_PIECES
     model._automodel_products = found
     return found
@@ -198,19 +255,20 @@ def extra_bytes(model: torch.nn.Module) -> int:
     return sum(_computes[m][2] for m in model.modules() if m in _computes)
 
 
-def _compute_in_pieces(module: torch.nn.Module) -> None:
-    """Replace the layer's forward with in_pieces on its own weight, prepacked now (the load's thread)
-    rather than in the first request. A copy of the layer (other weight tensors) builds its own."""
-    _compute_of(module)
+def _compute_in_pieces(module: torch.nn.Module, sizes: tuple[int, ...]) -> None:
+    """Replace the layer's forward with in_pieces of `sizes` on its own weight, prepacked now (the
+    load's thread) rather than in the first request. A copy of the layer (other weight tensors)
+    builds its own."""
+    _compute_of(module, sizes)
 
     def forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        out = _compute_of(self)(x.reshape(-1, x.shape[-1]))
+        out = _compute_of(self, sizes)(x.reshape(-1, x.shape[-1]))
         return out.view(*x.shape[:-1], out.shape[-1])
 
     module.forward = types.MethodType(forward, module)
 
 
-def _compute_of(module: torch.nn.Module) -> Compute:
+def _compute_of(module: torch.nn.Module, sizes: tuple[int, ...]) -> Compute:
     """The layer's pieces, built again when its weight or bias is another tensor or was changed."""
     weight, bias = module.weight, module.bias
     known = _computes.get(module)
@@ -218,7 +276,7 @@ def _compute_of(module: torch.nn.Module) -> Compute:
                                 for (held, version), now in zip(known[0], (weight, bias))):
         identity = ((weight, _version(weight)), (bias, _version(bias)))
         matrix = weight if isinstance(module, torch.nn.Linear) else weight.t()  # Conv1D keeps [in, out]
-        compute = in_pieces(matrix.detach(), None if bias is None else bias.detach())
+        compute = in_pieces(matrix.detach(), None if bias is None else bias.detach(), sizes)
         known = _computes[module] = (identity, compute, getattr(compute, "packed_bytes", 0))
     return known[1]
 

@@ -32,6 +32,7 @@ from bot import bench
 from bot.inference import products
 from bot.inference.tasks import TASKS
 from bot.inference.tasks.base import BatchContext
+from bot.inference.torch_threads import in_own_thread
 from bot.settings import load_settings
 from bot.synthetic import build_checkpoints
 
@@ -100,7 +101,7 @@ async def ceiling(task: str) -> None:
     params = sum(p.numel() for name, p in naive.model.named_parameters() if "embeddings" not in name)
     flops = sum(bench.encoder_flops(naive.model.config, len(naive.tokenizer(t)["input_ids"]), params) for t in texts)
     del naive
-    peak = bench.matmul_peak_flops("bf16")
+    peak = in_own_thread(bench.matmul_peak_flops, "bf16")  # torch work on threads that end (torch_threads.py)
     executor = await bench.started_executor(task, checkpoint, load_settings({}), "bf16")
     backend = executor.backend
     prepared = [backend.prepare(task, TASKS[task].sample.__class__(text)) for text in texts]
@@ -109,31 +110,29 @@ async def ceiling(task: str) -> None:
     ways = {"one call per layer": lambda weight, bias, shape: products.plain(weight, bias),
             "pieces of 128 rows": lambda weight, bias, shape: products.in_pieces(weight, bias),
             "pieces of the probe's sizes": lambda weight, bias, shape: products.in_pieces(weight, bias, products._sizes(shape))}
-    rows = {}
-    print(f"{task}, 32 texts ({tokens} tokens), bf16 peak {peak / 1e9:.0f} GFLOP/s")
-    print("| what | ms | GFLOP/s | % of bf16 peak |\n|---|---|---|---|")
-    with torch.inference_mode():
-        for way, make in ways.items():
-            computes = []
-            for module, shape in layers:
-                weight = module.weight if shape[2] else module.weight.t()
-                computes.append((make(weight.detach(), module.bias, shape), shape[0]))
-            work = sum(2 * tokens * module.weight.numel() for module, _ in layers)
+    work = sum(2 * tokens * module.weight.numel() for module, _ in layers)
 
-            def one_pass(computes=computes) -> None:
+    def products_only(make) -> float:
+        with torch.inference_mode():
+            rows = {inputs: torch.randn(tokens, inputs).bfloat16() for inputs in {shape[0] for _, shape in layers}}
+            computes = [(make((m.weight if shape[2] else m.weight.t()).detach(), m.bias, shape), rows[shape[0]])
+                        for m, shape in layers]
+
+            def one_pass() -> None:
                 for compute, inputs in computes:
-                    compute(rows.setdefault(inputs, torch.randn(tokens, inputs).bfloat16()))
+                    compute(inputs)
 
             one_pass()
-            seconds = statistics.median(_timed(one_pass) for _ in range(7))
-            print(f"| products only, {way} | {seconds * 1000:.0f} | {work / seconds / 1e9:.0f} | {work / seconds / peak:.0%} |")
+            return statistics.median(_timed(one_pass) for _ in range(7))
 
-        def whole() -> None:
-            backend.run(task, prepared, BatchContext(len(prepared)))
-
-        whole()
-        seconds = statistics.median(_timed(whole) for _ in range(7))
-        print(f"| the whole batch through the bot | {seconds * 1000:.0f} | {flops / seconds / 1e9:.0f} | {flops / seconds / peak:.0%} |")
+    print(f"{task}, 32 texts ({tokens} tokens), bf16 peak {peak / 1e9:.0f} GFLOP/s")
+    print("| what | ms | GFLOP/s | % of bf16 peak |\n|---|---|---|---|")
+    for way, make in ways.items():
+        seconds = in_own_thread(products_only, make)
+        print(f"| products only, {way} | {seconds * 1000:.0f} | {work / seconds / 1e9:.0f} | {work / seconds / peak:.0%} |")
+    backend.run(task, prepared, BatchContext(len(prepared)))
+    seconds = statistics.median(_timed(lambda: backend.run(task, prepared, BatchContext(len(prepared)))) for _ in range(7))
+    print(f"| the whole batch through the bot | {seconds * 1000:.0f} | {flops / seconds / 1e9:.0f} | {flops / seconds / peak:.0%} |")
     await executor.shutdown()
 
 

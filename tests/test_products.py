@@ -11,6 +11,7 @@ as bert-base, and go red where the CPU shows the effect and the fix is taken awa
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -51,7 +52,7 @@ def test_pieces_compute_the_same_product(prepacked, monkeypatch):
     if not prepacked:
         monkeypatch.setattr(products, "_prepacked", lambda weight, bias: None)
     rows, weight, bias = torch.randn(300, 48), torch.randn(20, 48), torch.randn(20)
-    for sizes in ((128,), products.SIZES):
+    for sizes in ((128,), products.PIECE_SIZES):
         for count in (5, 256, 300, 0):
             got = products.in_pieces(weight, bias, sizes)(rows[:count])
             assert got.shape == (count, 20) and torch.allclose(got, rows[:count] @ weight.T + bias, atol=1e-4)
@@ -62,23 +63,50 @@ def test_pieces_compute_the_same_product(prepacked, monkeypatch):
 def test_a_plan_covers_the_rows_with_sizes_it_may_use_and_little_padding(count):
     """Every row in a piece, only sizes given, padding under the largest size, and never more calls
     than pieces of the largest size would need (plus one)."""
-    for sizes in ((128,), (64, 128), products.SIZES):
+    for sizes in ((128,), (64, 128), products.PIECE_SIZES):
         planned = products.plan(count, sizes)
         assert set(planned) <= set(sizes) and 0 <= sum(planned) - count < max(sizes)
+        assert sum(planned[:-1]) < count  # only the last piece is padded
         assert len(planned) <= -(-count // max(sizes)) + 1
-    assert products.plan(20, products.SIZES) == (64,) and sorted(products.plan(300, products.SIZES)) == [64, 256]
+    assert products.plan(0, products.PIECE_SIZES) == ()
+    assert products.plan(20, products.PIECE_SIZES) == (64,) and sorted(products.plan(300, products.PIECE_SIZES)) == [64, 256]
 
 
-def test_a_piece_size_is_kept_only_where_it_gives_the_128_row_pieces_bits(monkeypatch):
-    """The size probe can fail: a product that adds a trace of the call's row count gives other bits
-    in pieces of 64 or 256 than of 128, so only 128 is kept; the honest product here keeps 128 too."""
-    shape = (64, 32, True, True, torch.bfloat16)
-    honest = products._sizes(shape)
-    assert products.PIECE_ROWS in honest and set(honest) <= set(products.SIZES)
-    monkeypatch.setattr(products, "_sizes_held", {})
-    monkeypatch.setattr(products, "_prepacked", lambda weight, bias: (
-        lambda rows: products.plain(weight, bias)(rows) + rows.shape[0] * 1e-2))
-    assert products._sizes(shape) == (products.PIECE_ROWS,)
+def _row_count_fault(changed: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+    """A stand-in for the prepacked piece product: the plain product, plus 0.01 where `changed(rows)`
+    is true, but only in calls of other than PIECE_ROWS rows (as another blocking would)."""
+    def prepacked(weight, bias):
+        def piece_product(rows):
+            out = products.plain(weight, bias)(rows)
+            if rows.shape[0] == products.PIECE_ROWS:
+                return out
+            return out + changed(rows).to(out.dtype) * 1e-2
+        return piece_product
+    return prepacked
+
+
+FAULTS = {
+    # every output of every row: the plainest difference
+    "everywhere": lambda rows: torch.ones(rows.shape[0], 1, dtype=torch.bool),
+    # only the second half of a 256-row piece: a probe of one 128-row window would miss it
+    "past 128 rows": lambda rows: (torch.arange(rows.shape[0]) >= 128)[:, None],
+    # a row in ~800, on a 2-wide head (320 outputs per 64-row call): one call's rows would miss it
+    "rare rows": lambda rows: (rows[:, :1] > 3.0),
+}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_piece_size_is_kept_only_where_it_gives_the_128_row_pieces_bits(monkeypatch, fault):
+    """The size probe can fail: a piece product that moves some outputs in calls of 64 or 256 rows
+    keeps only 128, whether it moves every row, only rows past 128 in a piece, or rare rows of a
+    2-wide head. The honest product of the same shape keeps 128 at least."""
+    shape = (64, 2, True, True, torch.bfloat16)
+    honest = products._kept_sizes(shape)
+    assert products.PIECE_ROWS in honest and set(honest) <= set(products.PIECE_SIZES)
+    monkeypatch.setattr(products, "_sizes_kept", {})
+    monkeypatch.setattr(products, "_prepacked", _row_count_fault(FAULTS[fault]))
+    kept = products._kept_sizes(shape)
+    assert kept == (products.PIECE_ROWS,) if fault != "past 128 rows" else 256 not in kept
 
 
 def _pieces_forced(monkeypatch) -> None:
@@ -167,12 +195,19 @@ async def test_pieces_of_several_sizes_keep_batches_bit_identical_to_alone(base_
     backend = LocalBackend(base_wide_settings)
     run(backend, "embed", [embed.EmbedRequest(MIXED_TEXTS[0])])
     model = backend._models[backend._key("embed")].model
-    kept = {products._sizes(shape) for _, shape in products._layers(model)}
-    alone, batched, sizes = await _wide_through_the_executor(base_wide_settings)
-    assert max(sizes) > 8 and batched == alone
-    if backend.products("embed") != products.IN_PIECES or kept == {products.SIZES}:
-        pytest.skip("this CPU gives every piece size the same bits (or needs no pieces): nothing more to show")
-    monkeypatch.setattr(products, "_sizes", lambda shape: products.SIZES)
+    kept = {products._kept_sizes(shape) for _, shape in products._layers(model)}
+    plans: list[tuple[int, ...]] = []
+    planned = products.plan
+    monkeypatch.setattr(products, "plan", lambda count, sizes: plans.append(planned(count, sizes)) or plans[-1])
+    alone, batched, batch_sizes = await _wide_through_the_executor(base_wide_settings)
+    assert max(batch_sizes) > 8 and batched == alone
+    if backend.products("embed") != products.IN_PIECES:
+        pytest.skip("this CPU's products do not change with the rows beside them: nothing more to show")
+    used, kept_any = {size for sizes in plans for size in sizes}, set().union(*kept)
+    assert kept_any - {products.PIECE_ROWS} <= used <= kept_any  # alone in 64-row pieces, batched in 256-row ones
+    if kept == {products.PIECE_SIZES}:
+        pytest.skip("this CPU gives every piece size the same bits: nothing more to show")
+    monkeypatch.setattr(products, "_kept_sizes", lambda shape: products.PIECE_SIZES)
     alone, batched, _ = await _wide_through_the_executor(base_wide_settings)
     assert batched != alone
 

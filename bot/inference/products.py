@@ -13,8 +13,8 @@ So a model in half precision on CPU is probed once at load, on its own layers' s
 product change with the rows around it? Where it does, every Linear (and GPT-2's Conv1D) computes on
 pieces of fixed row counts, the last one padded with zeros: each piece size one blocking, and a row's
 bits depend on that row only (checked at every position of a piece, by the same probe). PIECE_ROWS
-(128) is the size that must hold; the probe also tries SIZES' others (64 and 256) per shape and keeps
-those that give every row the bits a 128-row piece gives (on this Xeon 256 held for the 768- and
+(128) is the size that must hold; a second probe tries PIECE_SIZES' others (64 and 256) per shape and
+keeps those that give every row the bits a 128-row piece gives (on this Xeon 256 held for the 768- and
 1,024-input shapes, 64 for all but bert-large's 4,096-input one, none below 64), so a large batch
 computes in 256-row pieces (20–40 % faster than 128 on AMX) and a short text or a decoding step in
 one of 64. Where even pieces vary, or the model holds matrices the pieces cannot reach (a Linear
@@ -44,17 +44,18 @@ import torch
 PIECE_ROWS = 128  # the piece every shape in pieces must hold at; the packing's row hint
 # Piece sizes tried per shape, each kept where it gives a 128-row piece's bits. Not 32 or fewer (another
 # kernel: other bits on AMX), not 512 (oneDNN ran 768-output products of 512–1,024 rows at half speed)
-SIZES = (64, 128, 256)
-CALL_ROWS = 64  # what one more call costs, in rows computed: a 64-row piece ran at ~70 % of a 128-row one's speed
+PIECE_SIZES = (64, 128, 256)
+CALL_ROWS = 64  # a call's fixed cost, counted in rows computed (plan weighs fewer calls against less padding)
 STEADY, IN_PIECES, VARYING = "steady", "pieces", "varying"  # make_steady's verdicts
 _PROBE_ROWS = 64
+_PROBE_OUTPUTS = 2**16  # outputs a size's probe compares at least
 # Row counts probed: AMX's blocking was seen to change above 32, at a few hundred and near 700; up
 # to past the CPU's batch token budget (4,096)
 _PROBE_CALLS = (3, 17, 33, 64, 100, 200, 700, 1300, 2100, 4100)
 
 Compute = Callable[[torch.Tensor], torch.Tensor]  # rows [n, in] → [n, out]
 _probed: dict[tuple, bool] = {}  # (in, out, Linear, bias, dtype, pieces) → whether rows move
-_sizes_held: dict[tuple, tuple[int, ...]] = {}  # (in, out, Linear, bias, dtype) → SIZES that give PIECE_ROWS' bits
+_sizes_kept: dict[tuple, tuple[int, ...]] = {}  # (in, out, Linear, bias, dtype) → PIECE_SIZES that give PIECE_ROWS' bits
 _probe_lock = threading.Lock()
 # layer → (its weight and bias and their versions, its compute, bytes of prepacked weight): beside
 # the layer, not on it, because a prepacked weight is an opaque tensor that deepcopy and .to() refuse
@@ -77,33 +78,35 @@ def plain(weight: torch.Tensor, bias: torch.Tensor | None) -> Compute:
 def in_pieces(weight: torch.Tensor, bias: torch.Tensor | None, sizes: tuple[int, ...] = (PIECE_ROWS,)) -> Compute:
     """The same product on calls of exactly one of `sizes` rows each (plan() picks them; the last
     padded with zeros), on the weight prepacked for oneDNN where torch has it."""
-    one = _prepacked(weight, bias) or plain(weight, bias)
+    piece_product = _prepacked(weight, bias) or plain(weight, bias)
 
     def compute(rows: torch.Tensor) -> torch.Tensor:
         count = rows.shape[0]
         if count == 0:  # as a plain product: no rows in, none out
-            return one(rows.new_zeros(sizes[0], rows.shape[1]))[:0]
+            return piece_product(rows.new_zeros(sizes[0], rows.shape[1]))[:0]
         outs, start = [], 0
         for size in plan(count, sizes):
             if start + size <= count:
-                outs.append(one(rows[start:start + size]))
+                outs.append(piece_product(rows[start:start + size]))
             else:
                 padded = rows.new_zeros(size, rows.shape[1])
                 padded[: count - start] = rows[start:]
-                outs.append(one(padded)[: count - start])
+                outs.append(piece_product(padded)[: count - start])
             start += size
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    compute.packed_bytes = getattr(one, "packed_bytes", 0)  # a second copy of the weight (extra_bytes)
+    compute.packed_bytes = getattr(piece_product, "packed_bytes", 0)  # a second copy of the weight (extra_bytes)
     return compute
 
 
 def plan(count: int, sizes: tuple[int, ...]) -> tuple[int, ...]:
     """Piece sizes for `count` rows, fewest rows computed plus CALL_ROWS per call (a short call is
-    slower per row): 20 rows → (64,), 100 → (128,), 300 → (256, 64) where all of SIZES hold. Past
-    four of the largest, whole largest pieces first (the cheapest per row), the rest planned."""
-    bulk = max(0, count // sizes[-1] - 4)
-    return (sizes[-1],) * bulk + _plan_rest(count - bulk * sizes[-1], sizes)
+    slower per row): 20 rows → (64,), 100 → (128,), 300 → (64, 256) where all of PIECE_SIZES hold.
+    Past four of the largest, whole largest pieces first (the cheapest per row), the rest planned.
+    Only the last piece runs past `count` (the caller pads it)."""
+    largest = max(sizes)
+    bulk = max(0, count // largest - 4)
+    return (largest,) * bulk + _plan_rest(count - bulk * largest, sizes)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -170,13 +173,20 @@ def rows_move(make: Callable[[torch.Tensor, torch.Tensor | None], Compute], in_f
 
 def gives_piece_bits(size: int, in_features: int, out_features: int, dtype: torch.dtype,
                      linear: bool = True, bias: bool = True) -> bool:
-    """Whether pieces of `size` rows give every row the bits pieces of PIECE_ROWS give it: over three
-    pieces' worth of rows less a half, so every position of a piece and a padded last piece are seen."""
+    """Whether pieces of `size` rows give every row the bits pieces of PIECE_ROWS give it: calls of
+    three pieces' worth of rows less a half, so every position of a piece and a padded last piece
+    are seen, repeated on fresh rows until 2^16 outputs were compared (a 2-wide head's outputs are
+    few, and another order of additions moves only some of them)."""
     seeded = torch.Generator().manual_seed(1)
     weight, offset = _probe_matrices(seeded, in_features, out_features, dtype, linear, bias)
-    rows = torch.randn(3 * size - size // 2, in_features, generator=seeded).to(dtype)
+    count = 3 * size - size // 2
     with torch.inference_mode():
-        return torch.equal(in_pieces(weight, offset, (size,))(rows), in_pieces(weight, offset)(rows))
+        in_size, in_base = in_pieces(weight, offset, (size,)), in_pieces(weight, offset)
+        for _ in range(-(-_PROBE_OUTPUTS // (count * out_features))):
+            rows = torch.randn(count, in_features, generator=seeded).to(dtype)
+            if not torch.equal(in_size(rows), in_base(rows)):
+                return False
+    return True
 
 
 def _moves(shape: tuple[int, int, bool, bool, torch.dtype], pieces: bool) -> bool:
@@ -189,14 +199,14 @@ def _moves(shape: tuple[int, int, bool, bool, torch.dtype], pieces: bool) -> boo
         return _probed[key]
 
 
-def _sizes(shape: tuple[int, int, bool, bool, torch.dtype]) -> tuple[int, ...]:
-    """The piece sizes a shape computes in: PIECE_ROWS and those of SIZES that give its bits."""
+def _kept_sizes(shape: tuple[int, int, bool, bool, torch.dtype]) -> tuple[int, ...]:
+    """The piece sizes a shape computes in: PIECE_ROWS and those of PIECE_SIZES that give its bits."""
     with _probe_lock:
-        if shape not in _sizes_held:
+        if shape not in _sizes_kept:
             in_features, out_features, linear, bias, dtype = shape
-            _sizes_held[shape] = tuple(size for size in SIZES if size == PIECE_ROWS or gives_piece_bits(
+            _sizes_kept[shape] = tuple(size for size in PIECE_SIZES if size == PIECE_ROWS or gives_piece_bits(
                 size, in_features, out_features, dtype, linear, bias))
-        return _sizes_held[shape]
+        return _sizes_kept[shape]
 
 
 def _layers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, tuple[int, int, bool, bool, torch.dtype]]]:
@@ -239,7 +249,7 @@ def make_steady(model: torch.nn.Module) -> str:
         found = VARYING
     else:
         for module, shape in layers:
-            _compute_in_pieces(module, _sizes(shape))
+            _compute_in_pieces(module, _kept_sizes(shape))
         found = IN_PIECES
     model._automodel_products = found
     return found
@@ -269,12 +279,13 @@ def _compute_in_pieces(module: torch.nn.Module, sizes: tuple[int, ...]) -> None:
 
 
 def _compute_of(module: torch.nn.Module, sizes: tuple[int, ...]) -> Compute:
-    """The layer's pieces, built again when its weight or bias is another tensor or was changed."""
+    """The layer's pieces, built again when its weight or bias is another tensor or was changed (or
+    other sizes are asked for)."""
     weight, bias = module.weight, module.bias
     known = _computes.get(module)
-    if known is None or not all(held is now and version == _version(now)
-                                for (held, version), now in zip(known[0], (weight, bias))):
-        identity = ((weight, _version(weight)), (bias, _version(bias)))
+    if known is None or known[0][2] != sizes or not all(held is now and version == _version(now)
+                                                        for (held, version), now in zip(known[0], (weight, bias))):
+        identity = ((weight, _version(weight)), (bias, _version(bias)), sizes)
         matrix = weight if isinstance(module, torch.nn.Linear) else weight.t()  # Conv1D keeps [in, out]
         compute = in_pieces(matrix.detach(), None if bias is None else bias.detach(), sizes)
         known = _computes[module] = (identity, compute, getattr(compute, "packed_bytes", 0))

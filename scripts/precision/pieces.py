@@ -50,7 +50,7 @@ async def main(task: str) -> None:
     executor = await bench.started_executor(task, checkpoint, load_settings({}), "bf16")
     backend = executor.backend
     print(f"{task}: products {backend.products(task)} (the probe's verdict on this CPU); piece sizes kept per "
-          f"(inputs, outputs, Linear, bias, dtype): {products._sizes_held}")
+          f"(inputs, outputs, Linear, bias, dtype): {products._sizes_kept}")
     prepared = [backend.prepare(task, TASKS[task].sample.__class__(text)) for text in texts]
     short = min(prepared, key=lambda p: abs(len(p.rows[0]["input_ids"]) - 20))
     cases = {"one text": [short], "8 texts": prepared[:8],
@@ -61,12 +61,12 @@ async def main(task: str) -> None:
 
     def use(piece) -> None:
         if piece is None:
-            products.in_pieces = lambda weight, bias, sizes: products.plain(weight, bias)
+            products.in_pieces = lambda weight, bias, sizes=(128,): products.plain(weight, bias)
         elif piece == "probed":
             products.in_pieces = in_pieces
         else:
             size = piece if isinstance(piece, int) else 128
-            products.in_pieces = lambda weight, bias, sizes, size=size: in_pieces(weight, bias, (size,))
+            products.in_pieces = lambda weight, bias, sizes=(128,), size=size: in_pieces(weight, bias, (size,))
         products._prepacked = (lambda weight, bias: None) if piece == "addmm" else prepacked
         products._computes.clear()  # each layer builds its compute again, the new way
 
@@ -109,7 +109,7 @@ async def ceiling(task: str) -> None:
     layers = products._layers(backend._models[backend._key(task)].model)
     ways = {"one call per layer": lambda weight, bias, shape: products.plain(weight, bias),
             "pieces of 128 rows": lambda weight, bias, shape: products.in_pieces(weight, bias),
-            "pieces of the probe's sizes": lambda weight, bias, shape: products.in_pieces(weight, bias, products._sizes(shape))}
+            "pieces of the probe's sizes": lambda weight, bias, shape: products.in_pieces(weight, bias, products._kept_sizes(shape))}
     work = sum(2 * tokens * module.weight.numel() for module, _ in layers)
 
     def products_only(make) -> float:

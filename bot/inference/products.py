@@ -16,8 +16,8 @@ bits depend on that row only (checked at every position of a piece, by the same 
 (128) is the size that must hold; a second probe tries PIECE_SIZES' others (64 and 256) per shape and
 keeps those that give every row the bits a 128-row piece gives (on this Xeon 256 held for the 768- and
 1,024-input shapes, 64 for all but bert-large's 4,096-input one, none below 64), so a large batch
-computes in 256-row pieces (20–40 % faster than 128 on AMX) and a short text or a decoding step in
-one of 64. Where even pieces vary, or the model holds matrices the pieces cannot reach (a Linear
+computes mostly in 256-row pieces (about 20 % faster a row than 128) and a short text or a decoding
+step in one of 64. Where even pieces vary, or the model holds matrices the pieces cannot reach (a Linear
 subclass with a forward of its own, experts kept as bare tensors), the model's requests run one at a
 time (the executor's "alone" rule). Float32 models are not touched: their promise is the same
 answer, not the same bits.

@@ -190,23 +190,25 @@ def gives_piece_bits(size: int, in_features: int, out_features: int, dtype: torc
 
 
 def _moves(shape: tuple[int, int, bool, bool, torch.dtype], pieces: bool) -> bool:
-    key = (*shape, pieces)
-    with _probe_lock:
-        if key not in _probed:
-            in_features, out_features, linear, bias, dtype = shape
-            make = in_pieces if pieces else plain
-            _probed[key] = rows_move(make, in_features, out_features, dtype, linear, bias)
-        return _probed[key]
+    in_features, out_features, linear, bias, dtype = shape
+    return _once(_probed, (*shape, pieces), lambda: rows_move(
+        in_pieces if pieces else plain, in_features, out_features, dtype, linear, bias))
 
 
 def _kept_sizes(shape: tuple[int, int, bool, bool, torch.dtype]) -> tuple[int, ...]:
     """The piece sizes a shape computes in: PIECE_ROWS and those of PIECE_SIZES that give its bits."""
+    in_features, out_features, linear, bias, dtype = shape
+    return _once(_sizes_kept, shape, lambda: tuple(
+        size for size in PIECE_SIZES
+        if size == PIECE_ROWS or gives_piece_bits(size, in_features, out_features, dtype, linear, bias)))
+
+
+def _once(cache: dict, key: tuple, probe: Callable[[], Any]) -> Any:
+    """cache[key], probed the first time; one probe at a time, so two loads never probe a shape twice."""
     with _probe_lock:
-        if shape not in _sizes_kept:
-            in_features, out_features, linear, bias, dtype = shape
-            _sizes_kept[shape] = tuple(size for size in PIECE_SIZES if size == PIECE_ROWS or gives_piece_bits(
-                size, in_features, out_features, dtype, linear, bias))
-        return _sizes_kept[shape]
+        if key not in cache:
+            cache[key] = probe()
+        return cache[key]
 
 
 def _layers(model: torch.nn.Module) -> list[tuple[torch.nn.Module, tuple[int, int, bool, bool, torch.dtype]]]:

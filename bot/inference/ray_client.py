@@ -136,14 +136,17 @@ class RayBackend:
     def products(self, task: str) -> str:
         """How the task's replicas keep each row's products independent of its companions
         (LocalBackend.products), from their last reports: in pieces or varying if any replica says so."""
-        found = {m["products"] for r in self.executor.replicas for m in r["models"]
-                 if m["task"] == task and m.get("loaded") and "products" in m}
+        found = set(self._loaded_reports(task, "products"))
         return next((kind for kind in (products.VARYING, products.IN_PIECES) if kind in found), products.STEADY)
 
     def _reported(self, task: str, field: str) -> bool | None:
-        loaded = [m[field] for r in self.executor.replicas for m in r["models"]
-                  if m["task"] == task and m.get("loaded") and field in m]
+        loaded = self._loaded_reports(task, field)
         return any(loaded) if loaded else None
+
+    def _loaded_reports(self, task: str, field: str) -> list[Any]:
+        """`field` as each replica with the task's model loaded last reported it."""
+        return [m[field] for r in self.executor.replicas for m in r["models"]
+                if m["task"] == task and m.get("loaded") and field in m]
 
     def set_checkpoint(self, task: str, checkpoint: str) -> None:
         """Redeploy the task's model group with the new checkpoint: Serve starts new replicas and

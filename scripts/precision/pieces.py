@@ -25,6 +25,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,16 +43,25 @@ PIECES = (None, "addmm", 64, 128, 256, "probed")
 ROUNDS = 8
 
 
-async def main(task: str) -> None:
+async def bf16_batch(task: str) -> tuple[Any, list, float]:
+    """The task's bf16 executor on real-size random weights, the first 32 of the bench's heavy-tailed
+    texts prepared for it, and their useful FLOPs as the bench counts them."""
     checkpoint = build_checkpoints(MODELS, "real")[task]
     naive = bench.Naive(task, checkpoint)
     texts = bench.heavy_tailed_texts(64, naive.tokenizer, 512 - 24, random.Random(0))[:32]
+    params = sum(p.numel() for name, p in naive.model.named_parameters() if "embeddings" not in name)
+    flops = sum(bench.encoder_flops(naive.model.config, len(naive.tokenizer(t)["input_ids"]), params) for t in texts)
     del naive
     executor = await bench.started_executor(task, checkpoint, load_settings({}), "bf16")
+    prepared = [executor.backend.prepare(task, TASKS[task].sample.__class__(text)) for text in texts]
+    return executor, prepared, flops
+
+
+async def main(task: str) -> None:
+    executor, prepared, _ = await bf16_batch(task)
     backend = executor.backend
     print(f"{task}: products {backend.products(task)} (the probe's verdict on this CPU); piece sizes kept per "
           f"(inputs, outputs, Linear, bias, dtype): {products._sizes_kept}")
-    prepared = [backend.prepare(task, TASKS[task].sample.__class__(text)) for text in texts]
     short = min(prepared, key=lambda p: abs(len(p.rows[0]["input_ids"]) - 20))
     cases = {"one text": [short], "8 texts": prepared[:8],
              "32 texts": prepared}
@@ -75,9 +85,7 @@ async def main(task: str) -> None:
             use(piece)
             for name, batch in cases.items():
                 backend.run(task, batch, BatchContext(len(batch)))  # warm
-                began = time.perf_counter()
-                backend.run(task, batch, BatchContext(len(batch)))
-                times.setdefault((piece, name), []).append(time.perf_counter() - began)
+                times.setdefault((piece, name), []).append(_timed(lambda batch=batch: backend.run(task, batch, BatchContext(len(batch)))))
             if turn == 0:
                 alone = [backend.run(task, [p], BatchContext(1))[0] for p in prepared]
                 together = backend.run(task, prepared, BatchContext(len(prepared)))
@@ -95,16 +103,9 @@ async def main(task: str) -> None:
 
 
 async def ceiling(task: str) -> None:
-    checkpoint = build_checkpoints(MODELS, "real")[task]
-    naive = bench.Naive(task, checkpoint)
-    texts = bench.heavy_tailed_texts(64, naive.tokenizer, 512 - 24, random.Random(0))[:32]
-    params = sum(p.numel() for name, p in naive.model.named_parameters() if "embeddings" not in name)
-    flops = sum(bench.encoder_flops(naive.model.config, len(naive.tokenizer(t)["input_ids"]), params) for t in texts)
-    del naive
-    peak = in_own_thread(bench.matmul_peak_flops, "bf16")  # torch work on threads that end (torch_threads.py)
-    executor = await bench.started_executor(task, checkpoint, load_settings({}), "bf16")
+    executor, prepared, flops = await bf16_batch(task)
     backend = executor.backend
-    prepared = [backend.prepare(task, TASKS[task].sample.__class__(text)) for text in texts]
+    peak = in_own_thread(bench.matmul_peak_flops, "bf16")  # torch work on threads that end (torch_threads.py)
     tokens = sum(len(p.rows[0]["input_ids"]) for p in prepared)
     layers = products._layers(backend._models[backend._key(task)].model)
     ways = {"one call per layer": lambda weight, bias, shape: products.plain(weight, bias),

@@ -248,3 +248,19 @@ def test_float32_models_are_not_probed(peaked_settings):
     run(backend, "sentiment", [sentiment.SentimentRequest(MIXED_TEXTS[0])])
     assert not hasattr(backend._models[backend._key("sentiment")].model, "_automodel_products")
     assert backend.products("sentiment") == products.STEADY
+
+
+def test_each_shape_is_probed_once_per_process(monkeypatch):
+    """Probing takes seconds at load (gpt2: 4 s): a second model, or a reload, with the same layer
+    shapes asks the cache, not the CPU."""
+    probes: list[tuple] = []
+    rows_move, gives_piece_bits = products.rows_move, products.gives_piece_bits
+    monkeypatch.setattr(products, "_probed", {})
+    monkeypatch.setattr(products, "_sizes_kept", {})
+    monkeypatch.setattr(products, "rows_move", lambda *args, **kw: probes.append(args) or rows_move(*args, **kw))
+    monkeypatch.setattr(products, "gives_piece_bits", lambda *args, **kw: probes.append(args) or gives_piece_bits(*args, **kw))
+    counts = []
+    for _ in range(2):
+        products.make_steady(torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(8, 16)).to(torch.bfloat16))
+        counts.append(len(probes))
+    assert counts[0] > 0 and counts[1] == counts[0]
